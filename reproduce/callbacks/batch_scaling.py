@@ -1,0 +1,41 @@
+"""The batch-scaling plugin: effective batch, scaled lr and temperature, checked and logged.
+
+The arithmetic (linear/sqrt scaling rule, gradual warmup, batch-size schedule) lives in
+`schedules.Schedule`; this callback ties it to the running Trainer: the effective batch is
+per-device batch x devices x accumulation steps, and it checks every step that the batch the
+loader delivered is the schedule's share for this rank, so the lr and the batch can never drift
+apart. Every `log_every` steps it logs `lr`, `batch_size` (effective), `temperature` = lr / batch
+and `epoch`.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from ..schedules import Schedule
+
+
+def effective_batch(per_device: int, devices: int, accumulate: int) -> int:
+    return per_device * devices * accumulate
+
+
+class BatchScaling(pl.Callback):
+    def __init__(self, schedule: Schedule, lr_of_step, datamodule, log_every: int):
+        self.schedule, self.lr_of_step = schedule, lr_of_step
+        self.datamodule, self.log_every = datamodule, log_every
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step, accumulate = trainer.global_step, trainer.accumulate_grad_batches
+        want = self.schedule.batch_size(step)
+        got = effective_batch(len(batch[1]), trainer.world_size, accumulate)
+        if got != want:
+            raise RuntimeError(f"effective batch {got} at step {step} != scheduled {want}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return
+        step = trainer.global_step  # already advanced: this is the step just taken, 1-based
+        if step % self.log_every and step != trainer.max_steps:
+            return
+        lr, b = self.lr_of_step(step - 1), self.schedule.batch_size(step - 1)
+        pl_module.log_dict({"lr": lr, "batch_size": float(b), "temperature": lr / b,
+                            "epoch": self.schedule.examples(step) / self.datamodule.train_size}, on_step=True, on_epoch=False)

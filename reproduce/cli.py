@@ -1,0 +1,151 @@
+"""python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [key=value ...]
+
+Mistakes in the command line, the config or the data end in one line on stderr and exit code 2;
+`--debug` shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+USAGE = """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
+       python -m reproduce list
+       python -m reproduce report RUN_DIR [--dry-run] [--entity E] [--project P]
+       python -m reproduce bench [--json] [--quick]"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproduce", usage=USAGE, add_help=True,
+                                description="Reproduce He et al. 2015's CIFAR-10 curves and the 'learning rate "
+                                            "is a temperature' experiments.")
+    p.add_argument("experiment")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. schedule.factor=0.1)")
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (<= 20 min here)")
+    prof.add_argument("--smoke", action="store_true", help="synthetic data, a few steps of every run (CI)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and schedule; train nothing")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                   help="continue the sweep in DIR (default: out_dir): finished runs are skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sweep in out_dir")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def train_size_of(data) -> int:
+    if data.dataset == "cifar10":
+        return 50000 - data.val_size
+    if data.dataset == "synthetic":
+        return data.synthetic_train - min(data.val_size, data.synthetic_train // 5)
+    return 1281167  # ImageNet-1k training set
+
+
+def dry_run(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    from .config import for_model
+    from .schedules import Schedule
+    lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
+    n = train_size_of(cfg.data)
+    shown = {}
+    for model in cfg.models:
+        run = for_model(cfg, model, cfg.seeds[0])
+        sched = Schedule.from_config(run.schedule, run.data.batch_size)
+        text = "\n".join(sched.describe(n))
+        shown.setdefault(text, []).append((model, sched, run))
+    for text, items in shown.items():
+        sched, run = items[0][1], items[0][2]
+        world = run.trainer.devices * run.trainer.num_nodes
+        lines.append(f"{', '.join(m for m, _, _ in items)}:")
+        lines.append(f"  global batch {run.data.batch_size} = {run.data.batch_size // (world * run.trainer.accumulate)} "
+                     f"per device x {world} devices x {run.trainer.accumulate} accumulation; lr {run.schedule.lr} at "
+                     f"batch {run.schedule.ref_batch}, scaling rule {run.schedule.scaling} -> {sched.phases[0].lr:.4g}")
+        lines.append(f"  {sched.total_steps:,} iterations = {sched.examples(sched.total_steps) / n:.1f} epochs of {n:,} "
+                     f"images; lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def _resume_config(experiment: str, where: str, overrides):
+    from omegaconf import OmegaConf
+
+    from .config import ConfigError, _merge, new_config, validate
+    from .experiments import SWEEP_CONFIG
+    base = Path(where).expanduser()
+    for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
+        if candidate.exists():
+            cfg = _merge(new_config(), OmegaConf.load(candidate), str(candidate))
+            if cfg.experiment != experiment:
+                raise ConfigError(f"--resume {where}: that sweep is '{cfg.experiment}', not '{experiment}'")
+            for item in overrides:
+                cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+            cfg.out_dir, cfg.resume = str(candidate.parent.parent), True
+            validate(cfg)
+            return cfg
+    raise ConfigError(f"--resume {where}: no run to resume there (looked for {base / SWEEP_CONFIG} "
+                      f"and {base / experiment / SWEEP_CONFIG})")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        os.environ["REPRODUCE_DEBUG"] = "1"
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint and all logs are kept; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from .config import ConfigError
+        from .data.cifar10 import DataError
+        if debug:
+            raise
+        if isinstance(e, (ConfigError, DataError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _main(argv) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print("\n" + __doc__.split("\n\n", 1)[1])
+        return 0 if argv else 2
+    if argv[0] == "list":
+        from .config import CONFIG_DIR, experiments, load_yaml
+        for name in experiments():
+            desc = load_yaml(CONFIG_DIR / f"{name}.yaml").get("description", "")
+            print(f"{name:16} {desc}")
+        return 0
+    if argv[0] == "report":
+        from .wandb_report import main as report_main
+        return report_main(argv[1:])
+    if argv[0] == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
+    args = _parser().parse_intermixed_args(argv)
+    from .config import compose
+    if args.resume is not None:
+        cfg = _resume_config(args.experiment, args.resume or _out_dir(args.overrides), args.overrides)
+    else:
+        profile = "quick" if args.quick else "smoke" if args.smoke else "paper"
+        cfg = compose(args.experiment, profile, args.overrides)
+    if args.dry_run:
+        print(dry_run(cfg))
+        return 0
+    from .experiments import run_experiment
+    outputs = run_experiment(cfg, overwrite=args.overwrite)
+    for name, path in outputs.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _out_dir(overrides) -> str:
+    for item in overrides:
+        if item.startswith("out_dir="):
+            return item.split("=", 1)[1]
+    return "runs"

@@ -1,0 +1,285 @@
+"""The configuration schema: every key a run reads, with the paper's recipe as the default.
+
+Structured OmegaConf configs (dataclasses, struct mode): a misspelled key fails with a
+suggestion, a value of the wrong type fails naming the key. Defaults are He et al. 2015,
+Section 4.2 (CIFAR-10); `configs/<experiment>.yaml` holds only what an experiment changes.
+Hyperparameters are stated per reference batch (`schedule.ref_batch`): the learning rate and
+the iteration counts below are those of a batch of 128, and the batch-scaling rules convert
+them when the batch changes (see `schedules.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROFILES = ("paper", "quick", "smoke")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration or the command line; printed as one line."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | synthetic | imagefolder
+    root: str = "data"  # holds cifar-10-batches-py/ (downloaded there when absent)
+    download: bool = True  # fetch CIFAR-10 from its official URL when data.root lacks it
+    batch_size: int = 128  # global (effective) batch at the start of training; Section 4.2
+    val_size: int = 5000  # Section 4.2: "45k/5k train/val split"
+    split_seed: int = 0  # the val split is fixed, independent of the training seed
+    augment: bool = True  # Section 4.2: 4-pixel padding, random 32x32 crop, horizontal flip
+    eval_batch_size: int = 1000
+    eval_limit: Optional[int] = None  # evaluate on the first N val/test images at each point
+    on_device: bool = True  # keep the whole dataset on the training device as uint8
+    synthetic_train: int = 2048  # synthetic dataset sizes (smoke runs)
+    synthetic_test: int = 512
+    image_size: int = 224  # imagefolder: training crop (Section 3.4 of the paper)
+    workers: int = 4  # imagefolder: decoding processes per device
+
+
+@dataclass
+class ScheduleConfig:
+    lr: float = 0.1  # Section 4.2, at ref_batch
+    ref_batch: int = 128  # the batch the lr and the iteration counts are stated for
+    scaling: str = "linear"  # linear | sqrt | none: lr used = lr * rule(B / ref_batch)
+    factor: float = 0.1  # Section 4.2: "divide it by 10 at 32k and 48k iterations"
+    milestones: List[int] = field(default_factory=lambda: [32000, 48000])  # iterations at ref_batch
+    max_steps: int = 64000  # Section 4.2: "terminate training at 64k iterations"
+    decay: str = "lr"  # lr: multiply lr by factor at milestones | batch: divide B by factor instead
+    max_batch: Optional[int] = None  # cap for the batch-size schedule (then the lr decays instead)
+    warmup: str = "none"  # none | gradual (Goyal et al. 2017) | constant (Section 4.2, ResNet-110)
+    warmup_steps: int = 0  # iterations at ref_batch
+    warmup_lr: Optional[float] = None  # constant warmup: the lr held during warmup
+    warmup_until_err: Optional[float] = None  # constant warmup ends when train/err (%) drops below
+    cycle: List[float] = field(default_factory=list)  # lr multipliers per phase (heat/cool runs)
+
+
+@dataclass
+class OptimConfig:
+    momentum: float = 0.9  # Section 4.2
+    weight_decay: float = 1e-4  # Section 4.2
+    nesterov: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, 32-true elsewhere
+    accumulate: int = 1  # gradient-accumulation steps (part of the effective batch)
+    eval_every: int = 1000  # iterations between evaluations; Figure 6 is plotted per 1k
+    log_every: int = 50  # iterations between train/* logs (no per-step host syncs)
+    checkpoint_every: int = 2000  # iterations between atomic checkpoints
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+    noise_scale: bool = False  # log the gradient noise scale (McCandlish et al. 2018)
+    noise_every: int = 50
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
+    project: str = "reproduce"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: experiment name + timestamp
+    tags: List[str] = field(default_factory=list)
+    log_model: bool = True
+    init_timeout: int = 30
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "resnet"
+    kind: str = "curves"  # curves | temperature | batch_scaling | imagenet
+    profile: str = "paper"
+    description: str = ""
+    models: List[str] = field(default_factory=lambda: ["resnet20"])
+    seeds: List[int] = field(default_factory=lambda: [0])
+    seed: int = 0  # the seed of the current run (set per run from `seeds`)
+    out_dir: str = "runs"
+    resume: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    per_model: Dict[str, Any] = field(default_factory=dict)  # model name -> overrides for that run
+    sweep: Dict[str, Any] = field(default_factory=dict)  # experiment-specific grid (temperature, ...)
+
+
+CHOICES = {
+    "kind": ("curves", "temperature", "batch_scaling", "imagenet"),
+    "profile": PROFILES,
+    "data.dataset": ("cifar10", "synthetic", "imagefolder"),
+    "schedule.scaling": ("linear", "sqrt", "none"),
+    "schedule.decay": ("lr", "batch"),
+    "schedule.warmup": ("none", "gradual", "constant"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def experiments() -> List[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _all_keys(node: Any, prefix: str = "") -> List[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node[k], full + ".") if OmegaConf.is_dict(node._get_node(k)) else [])
+    return keys
+
+
+def _suggest(word: str, options: List[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    """Merge `other` into `base`; turn OmegaConf's errors into one line naming key and source."""
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        if "not in struct" in msg or "Key '" in msg and "not" in msg:
+            bad = key or re.findall(r"Key '([^']+)'", msg)[0]
+            raise ConfigError(f"{source}: unknown config key '{bad}'{_suggest(bad, _all_keys(base))}") from None
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except Exception as e:  # a YAML syntax error: name the file and the line
+        raise ConfigError(f"{path}: cannot parse YAML: {str(e).splitlines()[0]}") from None
+
+
+def new_config() -> DictConfig:
+    """The schema with its defaults, in struct mode; `per_model` and `sweep` stay open maps."""
+    cfg = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.per_model, False)
+    OmegaConf.set_struct(cfg.sweep, False)
+    return cfg
+
+
+def _experiment_layers(experiment: str, seen=()):
+    """The YAML layers of an experiment, following `extends:` to its parent first."""
+    if experiment in seen:
+        raise ConfigError(f"configs/{experiment}.yaml: 'extends' forms a cycle")
+    names = experiments()
+    if experiment not in names:
+        raise ConfigError(f"unknown experiment '{experiment}'{_suggest(experiment, names)}; "
+                          f"valid: {', '.join(names)}")
+    source = f"configs/{experiment}.yaml"
+    layer = load_yaml(CONFIG_DIR / f"{experiment}.yaml")
+    parent = layer.pop("extends", None)
+    main, profiles = _experiment_layers(parent, (*seen, experiment)) if parent else ([], {})
+    for p in ("quick", "smoke"):
+        if p in layer:
+            profiles.setdefault(p, []).append((source, layer.pop(p)))
+    main.append((source, layer))
+    return main, profiles
+
+
+def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) -> DictConfig:
+    """defaults (the paper) <- configs/<experiment>.yaml <- its profile section <- key=value."""
+    names = experiments()
+    if experiment not in names:
+        raise ConfigError(f"unknown experiment '{experiment}'{_suggest(experiment, names)}; "
+                          f"valid: {', '.join(names)}")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'; valid: {', '.join(PROFILES)}")
+    cfg = new_config()
+    main, profiles = _experiment_layers(experiment)
+    for source, layer in main:
+        cfg = _merge(cfg, layer, source)
+    if profile == "smoke":
+        cfg = _merge(cfg, load_yaml(CONFIG_DIR / "_smoke.yaml"), "configs/_smoke.yaml")
+    for source, layer in profiles.get(profile, []):
+        cfg = _merge(cfg, layer, f"{source} [{profile}]")
+    cfg.experiment, cfg.profile = experiment, profile
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. schedule.factor=0.1)")
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except Exception as e:
+            raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, dot, f"override '{item}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span keys or need more than a type: one line per mistake, naming the key."""
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    s, d, t = cfg.schedule, cfg.data, cfg.trainer
+    for key, value in (("schedule.lr", s.lr), ("data.batch_size", d.batch_size),
+                       ("schedule.ref_batch", s.ref_batch), ("schedule.max_steps", s.max_steps),
+                       ("data.eval_batch_size", d.eval_batch_size), ("trainer.devices", t.devices),
+                       ("trainer.accumulate", t.accumulate), ("trainer.eval_every", t.eval_every),
+                       ("trainer.log_every", t.log_every), ("trainer.checkpoint_every", t.checkpoint_every)):
+        if not value > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if not 0 < s.factor <= 1:
+        raise ConfigError(f"schedule.factor must be in (0, 1] (0.5 halves the lr, 0.1 is the paper's ÷10), got {s.factor}")
+    if list(s.milestones) != sorted(s.milestones) or any(m <= 0 for m in s.milestones):
+        raise ConfigError(f"schedule.milestones must be increasing positive iterations, got {list(s.milestones)}")
+    if s.cycle and len(s.cycle) != len(s.milestones) + 1:
+        raise ConfigError(f"schedule.cycle needs one multiplier per phase ({len(s.milestones) + 1}), got {len(s.cycle)}")
+    per_device = t.devices * t.num_nodes * t.accumulate
+    if d.batch_size % per_device:
+        raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "
+                          f"= {per_device}; choose a multiple of {per_device}")
+    if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
+        raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
+    if s.warmup == "gradual" and s.warmup_steps <= 0:
+        raise ConfigError("schedule.warmup=gradual needs schedule.warmup_steps > 0")
+    if not cfg.models:
+        raise ConfigError("models is empty; e.g. models=[resnet20,plain20]")
+    from .models import check_name
+    for name in cfg.models:
+        check_name(name)
+    for name in cfg.per_model:
+        if name not in cfg.models and name not in _known_models():
+            raise ConfigError(f"per_model.{name}: not a model name")
+
+
+def _known_models() -> List[str]:
+    from .models import available
+    return available()
+
+
+def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:
+    """The config of one run: the sweep config with that model's `per_model` overrides."""
+    run = OmegaConf.merge(cfg, {"models": [model], "seed": seed})
+    if model in cfg.per_model:
+        run = _merge(run, cfg.per_model[model], f"per_model.{model}")
+    validate(run)
+    return run
+
+
+def to_dict(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,76 @@
+"""Read CIFAR-10 from the standard `cifar-10-batches-py/` layout into uint8 tensors.
+
+The batches are read directly (pickled dicts), not through torchvision's `CIFAR10` class,
+which insists on the official md5 sums; only a downloaded archive is checked against its md5.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+HOW_TO = ("provide it with `python ../shared/data/make_cifar10.py ROOT` (this project's copy) or by "
+          "unpacking cifar-10-python.tar.gz into ROOT, then pass data.root=ROOT")
+
+
+class DataError(RuntimeError):
+    """Missing or broken data; printed as one line naming the file."""
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 batch file missing: {path}; {HOW_TO}") from None
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied") from None
+    except Exception as e:
+        raise DataError(f"CIFAR-10 batch file {path} is truncated or corrupt ({type(e).__name__}); "
+                        f"re-create it: {HOW_TO}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or len(data) == 0:
+        raise DataError(f"CIFAR-10 batch file {path} has the wrong shape {data.shape}; re-create it: {HOW_TO}")
+    if labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"CIFAR-10 batch file {path} has labels outside 0..9; re-create it: {HOW_TO}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+    try:
+        download_and_extract_archive(URL, str(root), filename="cifar-10-python.tar.gz", md5=MD5)
+    except Exception as e:
+        raise DataError(f"CIFAR-10 not found in {root / FOLDER} and the download from {URL} failed "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {HOW_TO}") from None
+
+
+def load_cifar10(root: str | Path, download: bool = True):
+    """(train_x, train_y, test_x, test_y): uint8 [N, 3, 32, 32] images and int64 labels."""
+    root = Path(root).expanduser()
+    folder = root / FOLDER
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root={root} is a file, not a directory; {HOW_TO}")
+    if not folder.is_dir():
+        if not download:
+            raise DataError(f"CIFAR-10 not found: looked for {folder} (data.download=false); {HOW_TO}")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"data.root={root} cannot be created ({e.strerror}); {HOW_TO}") from None
+        _download(root)
+    parts = [_read_batch(folder / name) for name in TRAIN_FILES]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = _read_batch(folder / TEST_FILE)
+    return (torch.from_numpy(train_x), torch.from_numpy(train_y),
+            torch.from_numpy(test_x), torch.from_numpy(test_y))

@@ -1,0 +1,180 @@
+"""The in-memory DataModule for CIFAR-10 and the synthetic set.
+
+Images stay uint8 [N, 3, 32, 32] tensors, on the training device when `data.on_device` (the
+whole of CIFAR-10 is 180 MB), and batches are cut from a per-epoch permutation by index, so
+a training step costs no host work. Mean subtraction and augmentation run batched on the device
+in `on_after_batch_transfer`.
+
+The order of batches is a pure function of (seed, step, batch-size schedule), so a resumed run
+continues with exactly the batches an uninterrupted one would have seen: the loader is rebuilt
+from `trainer.global_step`, no iterator state to save.
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from ..schedules import Schedule
+from .augment import random_crop_flip, step_generator
+from .cifar10 import load_cifar10
+from .synthetic import make_synthetic
+
+
+class TrainBatches:
+    """Yields (images, labels) micro-batches for optimizer steps `start_step` .. `total_steps`.
+
+    Each optimizer step takes the next B(step) indices of the epoch's permutation (a new epoch
+    starts when fewer than B remain); its B indices are split into `accumulate` x `world`
+    micro-batches, and this rank gets its own share of each, so the global batch is B whatever the
+    number of devices.
+    """
+
+    def __init__(self, x, y, schedule: Schedule, seed: int, start_step: int = 0, accumulate: int = 1,
+                 rank: int = 0, world: int = 1):
+        self.x, self.y, self.schedule, self.seed = x, y, schedule, seed
+        self.start_step, self.accumulate, self.rank, self.world = start_step, accumulate, rank, world
+
+    def __len__(self) -> int:
+        return (self.schedule.total_steps - self.start_step) * self.accumulate
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.y), generator=g).to(self.x.device)
+
+    def _position(self, step: int) -> tuple[int, int]:
+        """(epoch, offset in its permutation) before `step`, replaying the batch sizes."""
+        n, epoch, pos = len(self.y), 0, 0
+        for s in range(step):
+            b = self.schedule.batch_size(s)
+            if pos + b > n:
+                epoch, pos = epoch + 1, 0
+            pos += b
+        return epoch, pos
+
+    def __iter__(self):
+        n = len(self.y)
+        epoch, pos = self._position(self.start_step)
+        perm = self._permutation(epoch)
+        for step in range(self.start_step, self.schedule.total_steps):
+            b = self.schedule.batch_size(step)
+            if b > n:
+                raise ValueError(f"batch size {b} at step {step} exceeds the {n} training images")
+            if pos + b > n:
+                epoch, pos = epoch + 1, 0
+                perm = self._permutation(epoch)
+            idx = perm[pos:pos + b]
+            pos += b
+            micro = b // (self.accumulate * self.world)
+            for a in range(self.accumulate):
+                start = (a * self.world + self.rank) * micro
+                part = idx[start:start + micro]
+                yield self.x[part], self.y[part]
+
+
+class EvalBatches:
+    """This rank's contiguous share of an evaluation set, in large batches."""
+
+    def __init__(self, x, y, batch_size: int, rank: int = 0, world: int = 1):
+        per_rank = math.ceil(len(y) / world)
+        self.x, self.y = x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.y), self.batch_size):
+            yield self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+
+
+class ArrayDataModule(pl.LightningDataModule):
+    """CIFAR-10 (or synthetic) with the paper's split, per-pixel mean and augmentation."""
+
+    def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
+        super().__init__()
+        self.cfg, self.schedule, self.seed, self.accumulate = data_cfg, schedule, seed, accumulate
+        self._arrays = arrays
+        self.mean = None
+
+    def load_arrays(self):
+        if self._arrays is None:
+            c = self.cfg
+            if c.dataset == "cifar10":
+                self._arrays = load_cifar10(c.root, c.download)
+            else:
+                self._arrays = make_synthetic(c.synthetic_train, c.synthetic_test)
+        return self._arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.mean is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load_arrays()
+        # Section 4.2: 45k/5k train/val split; fixed by data.split_seed, not the run's seed.
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.cfg.split_seed))
+        val_size = min(self.cfg.val_size, len(train_y) // 5)
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        self.train_x, self.train_y = train_x[train_idx], train_y[train_idx]
+        self.val_x, self.val_y = train_x[val_idx], train_y[val_idx]
+        self.test_x, self.test_y = test_x, test_y
+        self.full_test_x, self.full_test_y = test_x, test_y  # the final evaluation uses all of it
+        if self.cfg.eval_limit:
+            self.val_x, self.val_y = self.val_x[: self.cfg.eval_limit], self.val_y[: self.cfg.eval_limit]
+            self.test_x, self.test_y = self.test_x[: self.cfg.eval_limit], self.test_y[: self.cfg.eval_limit]
+        # Section 4.2: "the per-pixel mean subtracted", computed on the training split only.
+        # Pixels are scaled to [0, 1] first; BN after the first conv makes the scale immaterial.
+        self.mean = self.train_x.double().mean(0).float() / 255
+        device = self._device()
+        if self.cfg.on_device:
+            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "full_test_x", "full_test_y"):
+                setattr(self, name, getattr(self, name).to(device))
+        self.mean = self.mean.to(device)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_y)
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self):
+        rank, world = self._rank_world()
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return TrainBatches(self.train_x, self.train_y, self.schedule, self.seed, start,
+                            self.accumulate, rank, world)
+
+    def val_dataloader(self):
+        rank, world = self._rank_world()
+        bs = self.cfg.eval_batch_size
+        return [EvalBatches(self.val_x, self.val_y, bs, rank, world),
+                EvalBatches(self.test_x, self.test_y, bs, rank, world)]
+
+    def test_dataloader(self):
+        rank, world = self._rank_world()
+        return EvalBatches(self.full_test_x, self.full_test_y, self.cfg.eval_batch_size, rank, world)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255).sub_(self.mean.to(x.device))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = self.normalize(x)
+        if self.trainer is not None and self.trainer.training and self.cfg.augment:
+            # global_step and the micro-batch index make each draw unique and replayable
+            step = self.trainer.global_step * self.accumulate + (self.trainer.fit_loop.epoch_loop.batch_idx % self.accumulate)
+            g = step_generator(self.seed * 7 + self.trainer.global_rank, step, x.device)
+            x = random_crop_flip(x, g)
+        return x, y
+
+
+def build_datamodule(cfg, schedule: Schedule):
+    if cfg.data.dataset == "imagefolder":
+        from .imagefolder import ImageFolderDataModule
+        return ImageFolderDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)
+    return ArrayDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)

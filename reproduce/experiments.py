@@ -1,0 +1,120 @@
+"""Experiments: how a config expands into runs, and which report it draws.
+
+A sweep lives in `out_dir/<experiment>/`: sweep.yaml (the resolved config), sweep.json (W&B group,
+start time), one directory per run, then figure.png and results.md.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from omegaconf import OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from .config import ConfigError, for_model
+from .train import read_status, run_one
+
+SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
+
+
+def experiment_dir(cfg) -> Path:
+    return Path(cfg.out_dir).expanduser() / cfg.experiment
+
+
+def run_name(model: str, seed: int, seeds: List[int]) -> str:
+    return model if len(seeds) == 1 else f"{model}-seed{seed}"
+
+
+def prepare_sweep(cfg, overwrite: bool = False) -> tuple[Path, str]:
+    """Create (or, when resuming, reopen) the sweep directory; returns (dir, W&B group)."""
+    exp_dir = experiment_dir(cfg)
+    meta_path = exp_dir / SWEEP_META
+    if cfg.resume:
+        if not meta_path.exists():
+            raise ConfigError(f"nothing to resume in {exp_dir}: no {SWEEP_META} (start it without --resume)")
+        return exp_dir, json.loads(meta_path.read_text())["group"]
+    if meta_path.exists():
+        if not overwrite:
+            raise ConfigError(f"{exp_dir} already holds a sweep; continue it with --resume {cfg.out_dir}, "
+                              f"replace it with --overwrite, or choose another out_dir=")
+        if rank_zero_only.rank == 0:
+            shutil.rmtree(exp_dir)
+    group = cfg.wandb.group or f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if rank_zero_only.rank == 0:
+        try:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            probe = exp_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"out_dir={cfg.out_dir}: cannot write {exp_dir} ({e.strerror})") from None
+        OmegaConf.save(cfg, exp_dir / SWEEP_CONFIG)
+        meta_path.write_text(json.dumps({"group": group, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    return exp_dir, group
+
+
+def run_sweep(cfg, exp_dir: Path, group: str) -> List[dict]:
+    """Train every (model, seed) in turn; a finished run is skipped on resume, a failed one is
+    recorded and the sweep goes on."""
+    statuses = []
+    for model in cfg.models:
+        for seed in cfg.seeds:
+            run_dir = exp_dir / run_name(model, seed, list(cfg.seeds))
+            status = read_status(run_dir)
+            if cfg.resume and status.get("status") == "done":
+                print(f"{model}: finished earlier, skipped", flush=True)
+                statuses.append(status)
+                continue
+            resume = cfg.resume and status.get("status") in ("running", "interrupted", "failed")
+            status = run_one(for_model(cfg, model, seed), run_dir, group, resume=resume)
+            statuses.append(status)
+            if status["status"] == "interrupted":
+                break
+            if status["status"] == "failed":
+                print(f"{model}: FAILED ({status.get('error')}); going on with the others", flush=True)
+        else:
+            continue
+        break
+    return statuses
+
+
+def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
+    """Figure 6 (and Figure 4 for ImageNet): one run per model, curves and a results table."""
+    from .report import curves_figure, load_runs, results_rows, write_results
+    statuses = run_sweep(cfg, exp_dir, group)
+    if rank_zero_only.rank != 0:
+        return {}
+    runs = load_runs([exp_dir / run_name(m, s, list(cfg.seeds)) for m in cfg.models for s in cfg.seeds])
+    drops = f"lr x{cfg.schedule.factor} at {list(cfg.schedule.milestones)} of {cfg.schedule.max_steps} iterations (batch {cfg.schedule.ref_batch})"
+    fig = curves_figure(runs, exp_dir / "figure.png", f"{cfg.experiment} ({cfg.profile} profile): {drops}")
+    rows = results_rows(runs)
+    header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final test error on the "
+              f"full 10k test set; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
+    table = write_results(rows, exp_dir / "results.md", header)
+    from .wandb_io import log_experiment_summary
+    log_experiment_summary(cfg, group, exp_dir, fig, rows)
+    if any(s.get("status") == "interrupted" for s in statuses):
+        raise KeyboardInterrupt
+    return {"figure": fig, "results": table}
+
+
+def _temperature(cfg, exp_dir, group):
+    from .temperature import run_temperature
+    return run_temperature(cfg, exp_dir, group)
+
+
+def _batch_scaling(cfg, exp_dir, group):
+    from .temperature import run_batch_scaling
+    return run_batch_scaling(cfg, exp_dir, group)
+
+
+KINDS: Dict[str, Callable] = {"curves": curves, "imagenet": curves, "temperature": _temperature,
+                              "batch_scaling": _batch_scaling}
+
+
+def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
+    exp_dir, group = prepare_sweep(cfg, overwrite)
+    return KINDS[cfg.kind](cfg, exp_dir, group)

@@ -1,0 +1,160 @@
+"""Loggers: an append-only CSV that survives kills and resumes, and W&B with a decided mode.
+
+Both record `iteration` = optimizer steps completed when the value was measured (Lightning's
+logger step is 0-based, the step *before* the update), so an evaluation after 1,000 iterations is
+logged at 1000, as the paper's x-axis counts.
+
+metrics.csv is long-format (step, metric, value): every log call appends and flushes, so a
+SIGKILL loses nothing already logged, and a resumed run first drops the rows after its
+checkpoint so the history has neither gaps nor duplicate steps.
+"""
+from __future__ import annotations
+
+import csv
+import netrc
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+METRICS_FILE = "metrics.csv"
+
+
+class CSVMetrics(Logger):
+    def __init__(self, run_dir: str | Path, resume_step: Optional[int] = None):
+        super().__init__()
+        self.path = Path(run_dir) / METRICS_FILE
+        self._resume_step = resume_step
+        self._ready = False
+
+    @property
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.path.parent)
+
+    def _prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._resume_step is not None and self.path.exists():
+            kept = [r for r in read_rows(self.path) if r["step"] <= self._resume_step]
+            write_rows(self.path, kept)
+        elif not self.path.exists() or self._resume_step is None:
+            write_rows(self.path, [])
+        self._ready = True
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the resolved config is saved as config.yaml beside the metrics
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        if not self._ready:
+            self._prepare()
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            for key, value in metrics.items():
+                if key != "epoch" or "lr" in metrics:  # Lightning adds its own epoch counter; ours rides with lr
+                    w.writerow([step + 1, key, float(value)])
+
+
+def write_rows(path: Path, rows: List[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "metric", "value"])
+        for r in rows:
+            w.writerow([r["step"], r["metric"], r["value"]])
+    os.replace(tmp, path)
+
+
+def read_rows(path: str | Path) -> List[dict]:
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
+                for r in csv.DictReader(f) if r.get("value") not in (None, "")]
+
+
+def read_metrics(path: str | Path) -> Dict[str, List[tuple]]:
+    """metric -> [(step, value), ...] sorted by step."""
+    series: Dict[str, List[tuple]] = {}
+    for r in read_rows(path):
+        series.setdefault(r["metric"], []).append((r["step"], r["value"]))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Weights & Biases
+
+
+def has_wandb_login() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def decide_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
+        return os.environ["WANDB_MODE"]
+    return "online" if has_wandb_login() else "offline"
+
+
+_told_offline = False
+
+
+def say_offline(run_dir: Path) -> None:
+    global _told_offline
+    if not _told_offline:
+        print(f"W&B: not logged in, logging offline; upload later with: wandb sync {run_dir.parent}/*/wandb/offline-run-*",
+              file=sys.stderr)
+        _told_offline = True
+
+
+def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, tags: List[str], config: dict):
+    """A WandbLogger whose run exists already (online, or offline after a failed online init)."""
+    mode = decide_mode(wcfg.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    class IterationWandbLogger(WandbLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics(metrics, None if step is None else step + 1)
+
+    def attempt(mode: str):
+        logger = IterationWandbLogger(project=wcfg.project, entity=wcfg.entity, group=group, name=name, id=run_id,
+                             tags=tags, save_dir=str(run_dir), mode=mode, resume="allow", log_model=False,
+                             config=config, settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True))
+        run = logger.experiment  # create the run now, so a failure is caught here
+        # every panel plots against iterations; epochs are there too
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        return logger
+
+    if mode == "online":
+        try:
+            return attempt("online")
+        except Exception as e:
+            warnings.warn(f"W&B online init failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                          f"logging offline instead")
+            wandb.finish()
+            mode = "offline"
+    say_offline(run_dir)
+    return attempt("offline")

@@ -1,0 +1,81 @@
+"""ClassifierModule: cross-entropy, SGD, and the paper's error metrics.
+
+Training metrics accumulate on the device every step and are read (one host sync) only every
+`trainer.log_every` iterations, so logging costs nothing in the hot path.
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stops with its logs and last checkpoint kept."""
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, optim_cfg, log_every: int = 50,
+                 channels_last: bool = True, num_classes: int = 10):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
+        self.train_loss, self.train_err = MeanMetric(), MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.last_train_err: float | None = None  # host copy, refreshed at each log step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_loss.update(loss.detach())
+        self.train_err.update((logits.detach().argmax(1) != y).float())
+        if self.trainer.fit_loop.epoch_loop._should_accumulate():
+            return loss
+        step = self.global_step + 1  # the step this update completes
+        if step % self.log_every == 0 or step == self.trainer.max_steps:
+            loss_value, err = self.train_loss.compute(), self.train_err.compute() * 100
+            self.train_loss.reset()
+            self.train_err.reset()
+            if not math.isfinite(float(loss_value)):
+                raise NonFiniteLoss(f"the training loss became {float(loss_value)} by iteration {step}")
+            self.last_train_err = float(err)
+            self.log_dict({"train/loss": loss_value, "train/err": err}, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        metric = self.val_acc if dataloader_idx == 0 else self.test_acc
+        metric.update(self(x), y)
+
+    def on_validation_epoch_end(self):
+        # top-1 error in %, micro-averaged; torchmetrics syncs the counts across DDP ranks
+        self.log("val/err", (1 - self.val_acc.compute()) * 100)
+        self.log("test/err", (1 - self.test_acc.compute()) * 100)
+        self.val_acc.reset()
+        self.test_acc.reset()
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_acc.update(self(x), y)
+
+    def on_test_epoch_end(self):
+        self.log("final/test_err", (1 - self.test_acc.compute()) * 100)
+        self.test_acc.reset()
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        # Section 4.2: SGD, momentum 0.9, weight decay 1e-4 on all weights; the lr is set per step
+        # by the LRSchedule callback.
+        return torch.optim.SGD(self.parameters(), lr=0.0, momentum=o.momentum,
+                               weight_decay=o.weight_decay, nesterov=o.nesterov)

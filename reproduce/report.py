@@ -1,0 +1,117 @@
+"""Figures and tables from logged metrics (metrics.csv of each run), in the paper's style."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from .loggers import read_metrics  # noqa: E402
+from .models import depth_of, is_residual  # noqa: E402
+from .schedules import Schedule  # noqa: E402
+from .train import read_status  # noqa: E402
+from .wandb_io import PAPER_TABLE6  # noqa: E402
+
+DEPTH_COLOURS = {20: "#e69f00", 32: "#56b4e9", 44: "#009e73", 56: "#d55e00", 110: "#000000", 1202: "#cc79a7",
+                 18: "#e69f00", 34: "#d55e00", 8: "#999999", 14: "#0072b2", 26: "#f0e442", 38: "#882255"}
+
+
+def colour(depth: int) -> str:
+    return DEPTH_COLOURS.get(depth, f"C{depth % 10}")
+
+
+def load_runs(run_dirs: List[Path]) -> List[dict]:
+    runs = []
+    for d in run_dirs:
+        if not (d / "config.yaml").exists():
+            continue
+        cfg = OmegaConf.load(d / "config.yaml")
+        metrics = read_metrics(d / "metrics.csv") if (d / "metrics.csv").exists() else {}
+        runs.append({"dir": d, "cfg": cfg, "model": cfg.models[0], "metrics": metrics, "status": read_status(d)})
+    return runs
+
+
+def milestone_steps(cfg) -> List[int]:
+    return Schedule.from_config(cfg.schedule, cfg.data.batch_size).milestone_steps()
+
+
+def curves_figure(runs: List[dict], path: Path, title: str = "") -> Path:
+    """Figure 6 layout: plain nets left, ResNets right; dashed = training error, bold = test error."""
+    families = [("plain", [r for r in runs if not is_residual(r["model"])]),
+                ("ResNet", [r for r in runs if is_residual(r["model"])])]
+    families = [(n, rs) for n, rs in families if rs]
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False, sharey=True)
+    top = 0.0
+    for ax, (family, fam_runs) in zip(axes[0], families):
+        seen = set()
+        for r in sorted(fam_runs, key=lambda r: depth_of(r["model"])):
+            c, label = colour(depth_of(r["model"])), f"{family}-{depth_of(r['model'])}"
+            for key, style, width in (("train/err", "--", 1.0), ("test/err", "-", 2.2)):
+                pts = r["metrics"].get(key, [])
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, style, color=c, lw=width, label=label if label not in seen else None)
+                seen.add(label)
+                top = max(top, max(ys[len(ys) // 10:]) if len(ys) > 10 else max(ys))
+        for m in milestone_steps(fam_runs[0]["cfg"]):
+            ax.axvline(m, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{family} nets" + (" (lr drops dotted)" if milestone_steps(fam_runs[0]["cfg"]) else ""))
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0][0].set_ylabel("error (%)   dashed: training, bold: test")
+    axes[0][0].set_ylim(0, min(100, top * 1.1 + 1))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def results_rows(runs: List[dict]) -> List[dict]:
+    """One row per model (mean ± std over seeds where there are several)."""
+    by_model: Dict[str, List[dict]] = {}
+    for r in runs:
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, rs in by_model.items():
+        def values(key):
+            return [r["status"][key] for r in rs if r["status"].get(key) is not None]
+
+        def fmt(vals):
+            if not vals:
+                return "—"
+            if len(vals) == 1:
+                return f"{vals[0]:.2f}"
+            return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+        failed = [r["status"].get("error", r["status"].get("status")) for r in rs if r["status"].get("status") != "done"]
+        rows.append({"model": model, "runs": len(rs), "iterations": rs[0]["status"].get("step"),
+                     "final test err (%)": fmt(values("final_test_err")),
+                     "best test err (%)": fmt(values("best_test_err")),
+                     "final train err (%)": fmt(values("last_train_err")),
+                     "paper Table 6 (%)": f"{PAPER_TABLE6[model]:.2f}" if model in PAPER_TABLE6 else "—",
+                     "status": "ok" if not failed else "FAILED: " + "; ".join(str(f) for f in failed)})
+    return sorted(rows, key=lambda r: (is_residual(r["model"]), depth_of(r["model"])))
+
+
+def markdown_table(rows: List[dict]) -> str:
+    if not rows:
+        return "(no runs)\n"
+    cols = list(rows[0].keys())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: List[dict], path: Path, header: str) -> Path:
+    path.write_text(f"{header}\n\n{markdown_table(rows)}")
+    return path

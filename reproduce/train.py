@@ -1,0 +1,167 @@
+"""Train one run: model + data + module + callbacks + loggers -> pl.Trainer.fit.
+
+Each run lives in its own directory: config.yaml (resolved), metrics.csv, checkpoints/last.ckpt,
+status.json (running | done | failed | interrupted, with the final numbers) and wandb/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+import uuid
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from . import __version__
+from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
+from .config import to_dict
+from .data import build_datamodule
+from .loggers import CSVMetrics, make_wandb_logger, read_metrics
+from .models import build, depth_of, is_residual
+from .module import ClassifierModule, NonFiniteLoss
+from .schedules import Schedule
+
+STATUS_FILE = "status.json"
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_status(run_dir: Path, **status) -> None:
+    path = Path(run_dir) / STATUS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    os.replace(tmp, path)
+
+
+def environment() -> dict:
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:
+        commit = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"reproduce": __version__, "torch": torch.__version__, "lightning": pl.__version__,
+            "git_commit": commit, "device": device, "cpu_threads": torch.get_num_threads()}
+
+
+def precision_for(requested: str, accelerator: str) -> str:
+    if requested != "auto":
+        return requested
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def evaluate(module: ClassifierModule, batches, normalize) -> float:
+    """Top-1 error (%) over all batches, without gradients (the final full test set)."""
+    module.eval()
+    wrong = total = 0
+    with torch.no_grad():
+        for x, y in batches:
+            x, y = normalize(x.to(module.device)), y.to(module.device)
+            wrong += (module(x).argmax(1) != y).sum()
+            total += len(y)
+    return float(wrong) * 100 / max(total, 1)
+
+
+def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
+    """Train `cfg.models[0]` with `cfg.seed`; returns the status dict also written to status.json."""
+    run_dir = Path(run_dir)
+    name = cfg.models[0]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_cb = AtomicCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every)
+    ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
+    resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] if ckpt_path else None
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    schedule = Schedule.from_config(cfg.schedule, cfg.data.batch_size)
+    dm = build_datamodule(cfg, schedule)
+    model = build(name)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last)
+    lr_cb = LRSchedule(schedule)
+    callbacks = [lr_cb, BatchScaling(schedule, lr_cb.lr, dm, cfg.trainer.log_every), ckpt_cb,
+                 StopAtLastStep(), EvalLines(name)]
+    if cfg.trainer.noise_scale:
+        callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
+
+    resolved = to_dict(cfg)
+    if not resume or not (run_dir / "config.yaml").exists():
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    loggers = [CSVMetrics(run_dir, resume_step)]
+    family = "resnet" if is_residual(name) else "plain"
+    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
+                    "total_steps": schedule.total_steps, "env": environment()}
+    tags = [cfg.experiment, family, f"depth{depth_of(name)}", cfg.profile, *cfg.wandb.tags]
+    wb = make_wandb_logger(cfg.wandb, run_dir, name, group, run_id, tags, wandb_config)
+    if wb is not None:
+        loggers.append(wb)
+
+    accelerator = cfg.trainer.accelerator
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=precision_for(cfg.trainer.precision, accelerator),
+        max_steps=schedule.total_steps, accumulate_grad_batches=cfg.trainer.accumulate,
+        val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=1, logger=loggers, callbacks=callbacks,
+        enable_checkpointing=False, enable_model_summary=False, deterministic=cfg.trainer.deterministic,
+        enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
+        default_root_dir=str(run_dir),
+    )
+    status = {"model": name, "seed": cfg.seed, "run_id": run_id, "status": "running",
+              "total_steps": schedule.total_steps}
+    if trainer.is_global_zero:
+        write_status(run_dir, **status)
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(does not have many workers|TensorBoard|LeafSpec|isinstance.*LeafSpec).*")
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if ckpt_cb.stop_signal is not None:
+            status.update(status="interrupted", step=trainer.global_step,
+                          error=f"stopped by signal {ckpt_cb.stop_signal} at iteration {trainer.global_step}")
+        else:
+            final = evaluate(module, dm.test_dataloader() if trainer.world_size == 1 else
+                             _full_test(dm), dm.normalize)
+            status.update(status="done", step=trainer.global_step, final_test_err=final)
+    except NonFiniteLoss as e:
+        status.update(status="failed", error=str(e), step=trainer.global_step)
+    except Exception as e:
+        status.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                      step=trainer.global_step, traceback=traceback.format_exc())
+        if os.environ.get("REPRODUCE_DEBUG"):
+            raise
+    status["wall_s"] = round(time.time() - t0, 1)
+    metrics = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else {}
+    for key in ("train/err", "val/err", "test/err"):
+        if metrics.get(key):
+            status[f"last_{key.replace('/', '_')}"] = metrics[key][-1][1]
+    if metrics.get("test/err"):
+        status["best_test_err"] = min(v for _, v in metrics["test/err"])
+    if trainer.is_global_zero:
+        write_status(run_dir, **status)
+        if wb is not None:
+            from .wandb_io import finish_run
+            finish_run(wb, status, ckpt_cb.last_path, cfg)
+    return status
+
+
+def _full_test(dm):
+    from .data.datamodule import EvalBatches
+    return EvalBatches(dm.full_test_x, dm.full_test_y, dm.cfg.eval_batch_size)

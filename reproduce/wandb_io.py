@@ -1,0 +1,142 @@
+"""W&B beyond the logger: end-of-run summary and artifacts, and a reader for offline runs.
+
+wandb 0.31 ships no reader for offline `.wandb` files, so `read_wandb_file` parses the
+transaction log itself: a 7-byte header (":W&B", a 2-byte magic, a 1-byte version), then the
+LevelDB log format (32 KiB blocks of records: crc32c(4) length(2) type(1) payload, a message
+split across blocks as FIRST/MIDDLE/LAST), each message a `wandb_internal_pb2.Record`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterator, List
+
+from .models import depth_of
+
+PAPER_TABLE6 = {  # He et al. 2015, Table 6: CIFAR-10 test error (%), ÷10 schedule
+    "resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43, "resnet1202": 7.93,
+}
+
+BLOCK = 32 * 1024
+HEADER_LEN = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
+    """Summary (final/best test error beside the paper's), checkpoint artifact, then finish."""
+    import wandb
+    run = wandb_logger.experiment
+    summary = {k: v for k, v in status.items() if k in ("status", "final_test_err", "best_test_err", "step", "error")}
+    paper = PAPER_TABLE6.get(status["model"])
+    if paper is not None:
+        summary["paper_test_err"] = paper
+        if status.get("final_test_err") is not None:
+            summary["diff_vs_paper"] = status["final_test_err"] - paper
+    run.summary.update(summary)
+    if cfg.wandb.log_model and Path(checkpoint).exists():
+        art = wandb.Artifact(f"model-{run.id}", type="model",
+                             metadata={"model": status["model"], "step": status.get("step")})
+        art.add_file(str(checkpoint), name="last.ckpt")
+        run.log_artifact(art, aliases=["latest"])
+    run.finish()
+
+
+def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: List[dict]) -> None:
+    """One extra run in the sweep's group holding the figure and the results table."""
+    from .loggers import decide_mode, say_offline
+    mode = decide_mode(cfg.wandb.mode)
+    if mode == "disabled":
+        return
+    import wandb
+    if mode == "offline":
+        say_offline(exp_dir / "summary")
+    (exp_dir / "summary").mkdir(parents=True, exist_ok=True)
+    try:
+        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=f"{cfg.experiment}-summary",
+                         job_type="report", dir=str(exp_dir / "summary"), mode=mode, reinit="create_new",
+                         settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
+                         tags=[cfg.experiment, "summary", cfg.profile])
+    except Exception:
+        if mode != "online":
+            raise
+        run = wandb.init(project=cfg.wandb.project, group=group, name=f"{cfg.experiment}-summary", job_type="report",
+                         dir=str(exp_dir / "summary"), mode="offline", reinit="create_new")
+    if figure.exists():
+        run.log({"figure": wandb.Image(str(figure))})
+    if rows:
+        columns = list(rows[0].keys())
+        run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    run.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# reading offline runs
+
+
+def _payloads(data: bytes) -> Iterator[bytes]:
+    pos, pending = HEADER_LEN, b""
+    while pos + 7 <= len(data):
+        left_in_block = BLOCK - (pos % BLOCK)
+        if left_in_block < 7:  # block trailer padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zero padding
+            pos += left_in_block
+            continue
+        payload = data[pos + 7: pos + 7 + length]
+        if len(payload) < length:
+            return  # a record cut off by a kill: everything before it is intact
+        pos += 7 + length
+        if kind == FULL:
+            yield payload
+        elif kind == FIRST:
+            pending = payload
+        elif kind == MIDDLE:
+            pending += payload
+        elif kind == LAST:
+            yield pending + payload
+            pending = b""
+
+
+def read_wandb_file(path: str | Path) -> List:
+    """All `Record` messages of an offline run's `.wandb` file, in order."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log (no ':W&B' header)")
+    records = []
+    for payload in _payloads(data):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        records.append(rec)
+    return records
+
+
+def summarize_wandb_file(path: str | Path) -> dict:
+    """{config, history (list of dicts), summary, artifacts (names), files} from a `.wandb` file."""
+    out = {"config": {}, "history": [], "summary": {}, "artifacts": [], "run": None}
+    for rec in read_wandb_file(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["run"] = {"id": rec.run.run_id, "name": rec.run.display_name, "group": rec.run.run_group,
+                          "tags": list(rec.run.tags)}
+            for item in rec.run.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            row = {}
+            for item in rec.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json)
+            out["history"].append(row)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                out["summary"][key] = json.loads(item.value_json)
+        elif kind == "artifact":
+            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type})
+    return out
