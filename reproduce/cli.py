@@ -87,8 +87,21 @@ def _resume_config(experiment: str, where: str, overrides):
                       f"and {base / experiment / SWEEP_CONFIG})")
 
 
+def quiet_libraries() -> None:
+    """Lightning's info lines (GPU available, tips) and wandb's chatter drown the progress lines."""
+    import logging
+    import warnings
+
+    import pytorch_lightning  # noqa: F401  (sets its own level on import: set ours after)
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|litlogger).*")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
     debug = "--debug" in argv
     if debug:
         os.environ["REPRODUCE_DEBUG"] = "1"

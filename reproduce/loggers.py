@@ -62,9 +62,16 @@ class CSVMetrics(Logger):
             self._prepare()
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
-            for key, value in metrics.items():
-                if key != "epoch" or "lr" in metrics:  # Lightning adds its own epoch counter; ours rides with lr
-                    w.writerow([step + 1, key, float(value)])
+            for key, value in without_lightning_epoch(metrics).items():
+                w.writerow([step + 1, key, float(value)])
+
+
+def without_lightning_epoch(metrics: Dict[str, float]) -> Dict[str, float]:
+    """Lightning adds its integer epoch to every log call (0 throughout our one-epoch runs); the
+    fractional `epoch` that BatchScaling logs with `lr` is the meaningful one."""
+    if "epoch" in metrics and "lr" not in metrics:
+        return {k: v for k, v in metrics.items() if k != "epoch"}
+    return metrics
 
 
 def write_rows(path: Path, rows: List[dict]) -> None:
@@ -136,7 +143,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
 
     class IterationWandbLogger(WandbLogger):
         def log_metrics(self, metrics, step=None):
-            super().log_metrics(metrics, None if step is None else step + 1)
+            super().log_metrics(without_lightning_epoch(metrics), None if step is None else step + 1)
 
     def attempt(mode: str):
         logger = IterationWandbLogger(project=wcfg.project, entity=wcfg.entity, group=group, name=name, id=run_id,

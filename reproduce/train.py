@@ -119,7 +119,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
         strategy=cfg.trainer.strategy, precision=precision_for(cfg.trainer.precision, accelerator),
         max_steps=schedule.total_steps, accumulate_grad_batches=cfg.trainer.accumulate,
         val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, logger=loggers, callbacks=callbacks,
+        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every, logger=loggers, callbacks=callbacks,
         enable_checkpointing=False, enable_model_summary=False, deterministic=cfg.trainer.deterministic,
         enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
         default_root_dir=str(run_dir),

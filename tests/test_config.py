@@ -1,0 +1,69 @@
+import pytest
+
+from reproduce.cli import dry_run
+from reproduce.config import ConfigError, compose, experiments
+
+from .conftest import run_cli
+
+
+def test_every_experiment_composes_in_every_profile():
+    for name in experiments():
+        for profile in ("paper", "quick", "smoke"):
+            cfg = compose(name, profile)
+            assert cfg.experiment == name and cfg.profile == profile
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["schedule.lrr=0.1"], "did you mean 'schedule.lr'"),
+    (["scheduel.lr=0.1"], "did you mean 'schedule'"),
+    (["data.batch_size=big"], "data.batch_size"),
+    (["schedule.lr=0"], "schedule.lr must be positive"),
+    (["data.batch_size=-5"], "data.batch_size must be positive"),
+    (["models=[resnet22]"], "6n+2"),
+    (["trainer.devices=3"], "not divisible"),
+    (["schedule.factor=2"], "schedule.factor"),
+    (["schedule.milestones=[48000,32000]"], "increasing"),
+    (["schedule.scaling=cubic"], "linear, sqrt, none"),
+    (["lr"], "key=value"),
+])
+def test_bad_config_is_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        compose("resnet", "paper", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_experiment_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'resnet'"):
+        compose("resnt")
+
+
+def test_dry_run_shows_the_halving_schedule_and_the_paper_override():
+    text = dry_run(compose("resnet"))
+    assert "lr 0.1, batch 128" in text and "lr 0.05, batch 128" in text and "lr 0.025, batch 128" in text
+    assert "64,000 iterations = 182.0 epochs" in text and "[32000, 48000]" in text
+    assert "warmup (constant): lr 0.01 until training error < 80.0%" in text  # ResNet-110 only
+    paper = dry_run(compose("resnet", overrides=["schedule.factor=0.1"]))
+    assert "lr 0.01, batch 128" in paper and "lr 0.001, batch 128" in paper
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+    cases = [
+        (["resnt"], "unknown experiment"),
+        (["resnet", "schedule.lrr=1"], "did you mean"),
+        (["resnet", "--smoke", "models=[plain21]"], "6n+2"),
+        (["resnet", "--resume", str(tmp_path / "nothing")], "no run to resume"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args, check=False, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_cli_list_and_dry_run():
+    out = run_cli("list", timeout=120).stdout
+    for name in ("resnet", "plain", "residual", "resnet-paper"):
+        assert name in out
+    out = run_cli("resnet", "--dry-run", timeout=120).stdout
+    assert "factor: 0.5" in out and "lr 0.025" in out

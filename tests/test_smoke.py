@@ -1,0 +1,83 @@
+"""Smoke tier: every experiment end to end through the real CLI on synthetic data."""
+import glob
+from pathlib import Path
+
+import pytest
+
+from reproduce.config import experiments
+from reproduce.loggers import read_metrics
+from reproduce.wandb_io import summarize_wandb_file
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def resnet_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_cli("resnet", "--smoke", f"out_dir={out}", timeout=300)
+    return out / "resnet", proc
+
+
+def test_resnet_smoke_writes_figure_table_csv_checkpoints(resnet_smoke):
+    exp, proc = resnet_smoke
+    assert (exp / "figure.png").stat().st_size > 10_000
+    table = (exp / "results.md").read_text()
+    models = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    for model in models:
+        assert f"| {model} |" in table
+        run = exp / model
+        assert (run / "checkpoints" / "last.ckpt").exists() and (run / "config.yaml").exists()
+        metrics = read_metrics(run / "metrics.csv")
+        assert [s for s, _ in metrics["test/err"]] == [4, 8]  # every eval_every=4 iterations, and the last
+        assert {"train/loss", "train/err", "lr", "batch_size", "temperature", "val/err"} <= set(metrics)
+    assert "| resnet110 | 1 | 8 |" in table and "FAILED" not in table
+    assert "6.43" in table  # the paper's Table 6 beside ours
+
+
+def test_lr_logged_is_the_schedule_halved_twice(resnet_smoke):
+    exp, _ = resnet_smoke
+    lr = dict(read_metrics(exp / "resnet20" / "metrics.csv")["lr"])
+    # smoke: 8 iterations, lr halved at 4 and 6; the lr logged at iteration k is the one step k used
+    assert lr[2] == pytest.approx(0.1) and lr[4] == pytest.approx(0.1)
+    assert lr[6] == pytest.approx(0.05) and lr[8] == pytest.approx(0.025)
+
+
+def test_resnet110_warmup_is_logged(resnet_smoke):
+    exp, _ = resnet_smoke
+    lr = read_metrics(exp / "resnet110" / "metrics.csv")["lr"]
+    assert lr[0][1] in (pytest.approx(0.01), pytest.approx(0.1))  # 0.01 while train/err >= 80%
+
+
+def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke):
+    exp, proc = resnet_smoke
+    files = glob.glob(str(exp / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))
+    assert len(files) == 1
+    log = summarize_wandb_file(files[0])
+    assert log["run"]["name"] == "resnet20" and log["run"]["group"].startswith("resnet-")
+    assert set(log["run"]["tags"]) >= {"resnet", "depth20", "smoke"}
+    cfg = log["config"]
+    assert cfg["schedule"]["factor"] == 0.5 and cfg["schedule"]["milestones"] == [4, 6]
+    assert cfg["effective_batch"] == 16 and cfg["lr_used"] == pytest.approx(0.1)
+    assert cfg["env"]["torch"]
+    rows = log["history"]
+    lr_at = {r["trainer/global_step"]: r["lr"] for r in rows if "lr" in r}
+    assert lr_at[4] == pytest.approx(0.1) and lr_at[6] == pytest.approx(0.05) and lr_at[8] == pytest.approx(0.025)
+    assert sorted(r["trainer/global_step"] for r in rows if "test/err" in r) == [4, 8]
+    assert all("train/err" in r for r in rows if "lr" in r)
+    assert log["summary"]["status"] == "done" and "final_test_err" in log["summary"]
+    assert log["summary"]["paper_test_err"] == 8.75
+    assert any(a["type"] == "model" for a in log["artifacts"])
+    summary = glob.glob(str(exp / "summary" / "wandb" / "offline-run-*" / "*.wandb"))
+    assert summary, "the sweep's summary run with the figure and the table"
+    s = summarize_wandb_file(summary[0])
+    keys = {k.split("/")[0] for r in s["history"] for k in r}
+    assert {"figure", "results"} <= keys  # an image and a W&B Table
+    assert any(a["type"] == "run_table" for a in s["artifacts"])
+    assert "wandb sync" in proc.stderr
+
+
+@pytest.mark.parametrize("name", [e for e in experiments() if e not in ("resnet",)])
+def test_every_other_experiment_smokes(name, tmp_path):
+    run_cli(name, "--smoke", f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
+    assert (tmp_path / name / "results.md").exists()
+    assert list((tmp_path / name).glob("*.png"))
