@@ -96,7 +96,7 @@ def quiet_libraries() -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|litlogger).*")
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|litlogger|Encountered `nan`|anonymous setting).*")
 
 
 def main(argv=None) -> int:

@@ -116,5 +116,8 @@ KINDS: Dict[str, Callable] = {"curves": curves, "imagenet": curves, "temperature
 
 
 def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
+    if cfg.data.dataset in ("cifar10", "synthetic"):
+        from .data.datamodule import load_arrays
+        load_arrays(cfg.data)  # missing or broken data fails here, before any directory is made
     exp_dir, group = prepare_sweep(cfg, overwrite)
     return KINDS[cfg.kind](cfg, exp_dir, group)

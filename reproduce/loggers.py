@@ -148,7 +148,8 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
     def attempt(mode: str):
         logger = IterationWandbLogger(project=wcfg.project, entity=wcfg.entity, group=group, name=name, id=run_id,
                              tags=tags, save_dir=str(run_dir), mode=mode, resume="allow", log_model=False,
-                             config=config, settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True))
+                             config=config, settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True,
+                                                                 x_transaction_log_flush_interval=wcfg.flush_every_s))
         run = logger.experiment  # create the run now, so a failure is caught here
         # every panel plots against iterations; epochs are there too
         run.define_metric("trainer/global_step")

@@ -21,6 +21,7 @@ from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
 from .config import to_dict
 from .data import build_datamodule
+from .data.cifar10 import DataError
 from .loggers import CSVMetrics, make_wandb_logger, read_metrics
 from .models import build, depth_of, is_residual
 from .module import ClassifierModule, NonFiniteLoss
@@ -142,6 +143,8 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
             status.update(status="done", step=trainer.global_step, final_test_err=final)
     except NonFiniteLoss as e:
         status.update(status="failed", error=str(e), step=trainer.global_step)
+    except DataError:
+        raise  # the data is wrong for every run: stop the sweep with one line
     except Exception as e:
         status.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                       step=trainer.global_step, traceback=traceback.format_exc())

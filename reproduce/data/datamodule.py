@@ -22,6 +22,22 @@ from .cifar10 import load_cifar10
 from .synthetic import make_synthetic
 
 
+_LOADED: dict = {}
+
+
+def load_arrays(data_cfg):
+    """The dataset as uint8 tensors, read once per process (a sweep's runs share it)."""
+    c = data_cfg
+    key = (c.dataset, str(c.root), c.synthetic_train, c.synthetic_test)
+    if key not in _LOADED:
+        _LOADED.clear()
+        if c.dataset == "cifar10":
+            _LOADED[key] = load_cifar10(c.root, c.download)
+        else:
+            _LOADED[key] = make_synthetic(c.synthetic_train, c.synthetic_test)
+    return _LOADED[key]
+
+
 class TrainBatches:
     """Yields (images, labels) micro-batches for optimizer steps `start_step` .. `total_steps`.
 
@@ -100,11 +116,7 @@ class ArrayDataModule(pl.LightningDataModule):
 
     def load_arrays(self):
         if self._arrays is None:
-            c = self.cfg
-            if c.dataset == "cifar10":
-                self._arrays = load_cifar10(c.root, c.download)
-            else:
-                self._arrays = make_synthetic(c.synthetic_train, c.synthetic_test)
+            self._arrays = load_arrays(self.cfg)
         return self._arrays
 
     def setup(self, stage: str | None = None) -> None:

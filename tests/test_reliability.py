@@ -1,0 +1,128 @@
+"""Reliability tier: kill -9 and resume, failed runs inside a sweep, bad input as one line."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reproduce.loggers import read_rows
+from reproduce.wandb_io import summarize_wandb_file
+
+from .conftest import ROOT, run_cli
+
+# 40 iterations at batch 128 on synthetic data: slow enough (~0.3 s each) to be killed part-way.
+RUN = ["resnet", "--smoke", "models=[resnet20]", "data.batch_size=128", "schedule.ref_batch=128",
+       "schedule.max_steps=40", "schedule.milestones=[20,30]", "trainer.checkpoint_every=10",
+       "trainer.eval_every=10", "trainer.log_every=5", "trainer.deterministic=true"]
+
+
+def _weights(run_dir: Path):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    run_cli(*RUN, f"out_dir={ref_dir}", timeout=300)
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce", *RUN, f"out_dir={cut_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    csv_path = cut_dir / "resnet" / "resnet20" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if csv_path.exists() and any(r["step"] >= 25 for r in read_rows(csv_path)):
+            break
+        time.sleep(0.2)
+    time.sleep(2.5)  # wandb.flush_every_s=2: the offline log has been flushed since step 20
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: as a preempted job
+    proc.wait()
+    killed_at = max(r["step"] for r in read_rows(csv_path))
+    assert 25 <= killed_at < 40, "the kill must land part-way through"
+    wandb_files = glob.glob(str(cut_dir / "resnet" / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))
+    logged = summarize_wandb_file(wandb_files[0])["history"]
+    assert max(r.get("trainer/global_step", 0) for r in logged) >= 20  # W&B kept what it got before the kill
+
+    run_cli("resnet", "--resume", cut_dir, timeout=300)
+
+    ref_run, cut_run = ref_dir / "resnet" / "resnet20", cut_dir / "resnet" / "resnet20"
+    ref_w, cut_w = _weights(ref_run), _weights(cut_run)
+    assert ref_w.keys() == cut_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], cut_w[k]), k  # bit-identical on CPU with deterministic=true
+    ref_rows = [(r["step"], r["metric"]) for r in read_rows(ref_run / "metrics.csv")]
+    cut_rows = [(r["step"], r["metric"]) for r in read_rows(cut_run / "metrics.csv")]
+    assert cut_rows == ref_rows  # no gap, no duplicate step
+    ref_vals = {(r["step"], r["metric"]): r["value"] for r in read_rows(ref_run / "metrics.csv")}
+    cut_vals = {(r["step"], r["metric"]): r["value"] for r in read_rows(cut_run / "metrics.csv")}
+    assert cut_vals == pytest.approx(ref_vals)
+    ids = {Path(f).name for f in glob.glob(str(cut_run / "wandb" / "offline-run-*" / "*.wandb"))}
+    assert len(ids) == 1 and len(glob.glob(str(cut_run / "wandb" / "offline-run-*"))) == 2  # same run id, resumed
+
+
+def test_finished_runs_are_skipped_on_resume(tmp_path):
+    run_cli("resnet", "--smoke", "models=[resnet8,plain8]", f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
+    before = (tmp_path / "resnet" / "resnet8" / "checkpoints" / "last.ckpt").stat().st_mtime
+    proc = run_cli("resnet", "--resume", tmp_path, timeout=300)
+    assert "resnet8: finished earlier, skipped" in proc.stdout
+    assert (tmp_path / "resnet" / "resnet8" / "checkpoints" / "last.ckpt").stat().st_mtime == before
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    proc = run_cli("resnet", "--smoke", "models=[resnet8,plain8]", "per_model.resnet8.schedule.lr=1e30",
+                   f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
+    table = (tmp_path / "resnet" / "results.md").read_text()
+    assert "| resnet8 |" in table and "FAILED: the training loss became" in table
+    assert "| plain8 | 1 | 8 |" in table and "| plain8 |" in table.split("FAILED")[-1] or "ok" in table
+    assert "by iteration" in proc.stdout
+    assert (tmp_path / "resnet" / "plain8" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "resnet" / "resnet8" / "metrics.csv").exists()  # the failed run's logs are kept
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data.dataset=cifar10", "data.root=/nonexistent/cifar", "data.download=false"], "/nonexistent/cifar/cifar-10-batches-py"),
+    (["out_dir=/proc/forbidden"], "out_dir=/proc/forbidden: cannot write"),
+    (["trainer.devices=3"], "not divisible by devices"),
+    (["schedule.lr=-0.1"], "schedule.lr must be positive"),
+    (["data.batch_size=0"], "data.batch_size must be positive"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    extra = [] if any(a.startswith("out_dir") for a in args) else [f"out_dir={tmp_path}"]
+    proc = run_cli("resnet", "--smoke", "models=[resnet8]", "wandb.mode=disabled", *args, *extra, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_corrupt_batch_file_is_named(tmp_path):
+    from reproduce.data.cifar10 import TRAIN_FILES
+    import pickle
+    import numpy as np
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in TRAIN_FILES + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((10, 3072), np.uint8), "labels": [0] * 10}))
+    (folder / "data_batch_2").write_bytes(b"\x80\x04garbage")
+    proc = run_cli("resnet", "--smoke", "models=[resnet8]", "wandb.mode=disabled", "data.dataset=cifar10",
+                   f"data.root={tmp_path / 'cifar'}", f"out_dir={tmp_path / 'out'}", check=False, timeout=120)
+    assert proc.returncode == 2 and "data_batch_2 is truncated or corrupt" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_wandb_online_failure_falls_back_to_offline(tmp_path):
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
+    proc = run_cli("resnet", "--smoke", "models=[resnet8]", "wandb.mode=online", "wandb.init_timeout=10",
+                   f"out_dir={tmp_path}", env=env, timeout=300)
+    assert "logging offline instead" in proc.stderr
+    assert glob.glob(str(tmp_path / "resnet" / "resnet8" / "wandb" / "offline-run-*" / "*.wandb"))
+    assert (tmp_path / "resnet" / "results.md").exists()
+
+
+def test_existing_sweep_is_not_overwritten_silently(tmp_path):
+    args = ["resnet", "--smoke", "models=[resnet8]", "wandb.mode=disabled", f"out_dir={tmp_path}"]
+    run_cli(*args, timeout=120)
+    proc = run_cli(*args, check=False, timeout=120)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
