@@ -33,18 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_size_of(data) -> int:
-    if data.dataset == "cifar10":
-        return 50000 - data.val_size
-    if data.dataset == "synthetic":
-        return data.synthetic_train - min(data.val_size, data.synthetic_train // 5)
-    return 1281167  # ImageNet-1k training set
-
-
 def dry_run(cfg) -> str:
     from omegaconf import OmegaConf
 
     from .config import for_model
+    from .data.datamodule import train_size_of
     from .schedules import Schedule
     lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)

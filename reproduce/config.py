@@ -33,15 +33,18 @@ class DataConfig:
     root: str = "data"  # holds cifar-10-batches-py/ (downloaded there when absent)
     download: bool = True  # fetch CIFAR-10 from its official URL when data.root lacks it
     batch_size: int = 128  # global (effective) batch at the start of training; Section 4.2
+    per_device_batch: Optional[int] = None  # when set: batch_size = this x devices x nodes x accumulate
     val_size: int = 5000  # Section 4.2: "45k/5k train/val split"
     split_seed: int = 0  # the val split is fixed, independent of the training seed
     augment: bool = True  # Section 4.2: 4-pixel padding, random 32x32 crop, horizontal flip
     eval_batch_size: int = 1000
     eval_limit: Optional[int] = None  # evaluate on the first N val/test images at each point
+    train_limit: Optional[int] = None  # train on the first N images of the training split only
     on_device: bool = True  # keep the whole dataset on the training device as uint8
     synthetic_train: int = 2048  # synthetic dataset sizes (smoke runs)
     synthetic_test: int = 512
-    image_size: int = 224  # imagefolder: training crop (Section 3.4 of the paper)
+    image_size: int = 224  # imagefolder: the crop (Section 3.4); shorter side in [256, 480] x size/224
+    color_aug: bool = False  # imagefolder: Krizhevsky et al. 2012's colour augmentation (Section 3.4)
     workers: int = 4  # imagefolder: decoding processes per device
 
 
@@ -60,6 +63,10 @@ class ScheduleConfig:
     warmup_lr: Optional[float] = None  # constant warmup: the lr held during warmup
     warmup_until_err: Optional[float] = None  # constant warmup ends when train/err (%) drops below
     cycle: List[float] = field(default_factory=list)  # lr multipliers per phase (heat/cool runs)
+    on_plateau: bool = False  # ImageNet (Section 3.4): drop the lr when val/err plateaus, not at milestones
+    plateau_patience: int = 3  # evaluations without improvement before a drop
+    plateau_threshold: float = 0.1  # improvement (error points) that counts
+    max_drops: int = 2  # "reduced twice" (Figure 4)
 
 
 @dataclass
@@ -102,6 +109,31 @@ class WandbConfig:
 
 
 @dataclass
+class ModelConfig:
+    shortcut: Optional[str] = None  # ImageNet nets: A | B | C (Section 3.3); default A, B for bottlenecks
+    zero_init_residual: bool = False  # Goyal et al. 2017, Section 5.1: last BN gamma of each block = 0
+
+
+@dataclass
+class SweepConfig:
+    """Grids of the temperature and batch-scaling experiments (ignored by the others)."""
+    # temperature (a): SGD on a least-squares problem with a known gradient-noise covariance
+    quadratic_dim: int = 8  # small tr(H): the 4th-moment correction lr tr(H) / 2B stays under 7%
+    quadratic_noise: float = 1.0  # label-noise std sigma: C = sigma^2 H per example
+    quadratic_eig_range: List[float] = field(default_factory=lambda: [0.1, 1.0])  # spectrum of H
+    quadratic_lrs: List[float] = field(default_factory=lambda: [0.0025, 0.005, 0.01, 0.02, 0.04])
+    quadratic_batches: List[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    quadratic_steps: int = 40000  # per (lr, B); the second half is averaged
+    quadratic_chains: int = 256  # independent SGD chains run side by side
+    # temperature (b): heat and cool one ResNet
+    cycle: List[float] = field(default_factory=lambda: [1.0, 0.1, 1.0, 0.1])  # lr multipliers per phase
+    # temperature (c) and batch-scaling: batch sizes, and the training length in examples
+    batches: List[int] = field(default_factory=lambda: [128, 512, 2048])
+    modes: List[str] = field(default_factory=lambda: ["linear+warmup", "linear", "none"])
+    warmup_epochs: float = 5.0  # Goyal et al. 2017, Section 2.2: gradual warmup over 5 epochs
+
+
+@dataclass
 class RunConfig:
     experiment: str = "resnet"
     kind: str = "curves"  # curves | temperature | batch_scaling | imagenet
@@ -117,8 +149,9 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     per_model: Dict[str, Any] = field(default_factory=dict)  # model name -> overrides for that run
-    sweep: Dict[str, Any] = field(default_factory=dict)  # experiment-specific grid (temperature, ...)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 CHOICES = {
@@ -178,7 +211,6 @@ def new_config() -> DictConfig:
     cfg = OmegaConf.structured(RunConfig)
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.per_model, False)
-    OmegaConf.set_struct(cfg.sweep, False)
     return cfg
 
 
@@ -231,7 +263,13 @@ def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) 
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that span keys or need more than a type: one line per mistake, naming the key."""
+    """Checks that span keys or need more than a type: one line per mistake, naming the key.
+    Also derives data.batch_size from data.per_device_batch when that is set."""
+    d, t = cfg.data, cfg.trainer
+    if d.per_device_batch is not None:
+        if d.per_device_batch <= 0:
+            raise ConfigError(f"data.per_device_batch must be positive, got {d.per_device_batch}")
+        d.batch_size = d.per_device_batch * t.devices * t.num_nodes * t.accumulate
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:
@@ -250,6 +288,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"schedule.milestones must be increasing positive iterations, got {list(s.milestones)}")
     if s.cycle and len(s.cycle) != len(s.milestones) + 1:
         raise ConfigError(f"schedule.cycle needs one multiplier per phase ({len(s.milestones) + 1}), got {len(s.cycle)}")
+    if d.train_limit is not None and d.train_limit < d.batch_size:
+        raise ConfigError(f"data.train_limit={d.train_limit} is smaller than data.batch_size={d.batch_size}")
+    if d.dataset == "imagefolder" and s.decay == "batch":
+        raise ConfigError("schedule.decay=batch needs an in-memory dataset (cifar10 or synthetic), not imagefolder")
+    for mode in cfg.sweep.modes:
+        if mode not in ("linear+warmup", "linear", "none", "sqrt"):
+            raise ConfigError(f"sweep.modes: '{mode}' is not one of linear+warmup, linear, sqrt, none")
     per_device = t.devices * t.num_nodes * t.accumulate
     if d.batch_size % per_device:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "

@@ -18,6 +18,7 @@ from .config import ConfigError, for_model
 from .train import read_status, run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
+TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
 
 
 def experiment_dir(cfg) -> Path:
@@ -32,6 +33,9 @@ def prepare_sweep(cfg, overwrite: bool = False) -> tuple[Path, str]:
     """Create (or, when resuming, reopen) the sweep directory; returns (dir, W&B group)."""
     exp_dir = experiment_dir(cfg)
     meta_path = exp_dir / SWEEP_META
+    if rank_zero_only.rank != 0:
+        # a DDP worker that Lightning started by re-running this command: rank 0 owns the directory
+        return exp_dir, json.loads(meta_path.read_text())["group"] if meta_path.exists() else ""
     if cfg.resume:
         if not meta_path.exists():
             raise ConfigError(f"nothing to resume in {exp_dir}: no {SWEEP_META} (start it without --resume)")
@@ -40,64 +44,62 @@ def prepare_sweep(cfg, overwrite: bool = False) -> tuple[Path, str]:
         if not overwrite:
             raise ConfigError(f"{exp_dir} already holds a sweep; continue it with --resume {cfg.out_dir}, "
                               f"replace it with --overwrite, or choose another out_dir=")
-        if rank_zero_only.rank == 0:
-            shutil.rmtree(exp_dir)
+        shutil.rmtree(exp_dir)
     group = cfg.wandb.group or f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if rank_zero_only.rank == 0:
-        try:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            probe = exp_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"out_dir={cfg.out_dir}: cannot write {exp_dir} ({e.strerror})") from None
-        OmegaConf.save(cfg, exp_dir / SWEEP_CONFIG)
-        meta_path.write_text(json.dumps({"group": group, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = exp_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"out_dir={cfg.out_dir}: cannot write {exp_dir} ({e.strerror})") from None
+    OmegaConf.save(cfg, exp_dir / SWEEP_CONFIG)
+    meta_path.write_text(json.dumps({"group": group, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     return exp_dir, group
 
 
-def run_sweep(cfg, exp_dir: Path, group: str) -> List[dict]:
-    """Train every (model, seed) in turn; a finished run is skipped on resume, a failed one is
-    recorded and the sweep goes on."""
+def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
+    """Train each (run name, run config) in turn. On resume a finished run is skipped and an
+    unfinished one continues from its checkpoint; a failed run is recorded and the rest go on."""
     statuses = []
-    for model in cfg.models:
-        for seed in cfg.seeds:
-            run_dir = exp_dir / run_name(model, seed, list(cfg.seeds))
-            status = read_status(run_dir)
-            if cfg.resume and status.get("status") == "done":
-                print(f"{model}: finished earlier, skipped", flush=True)
-                statuses.append(status)
-                continue
-            resume = cfg.resume and status.get("status") in ("running", "interrupted", "failed")
-            status = run_one(for_model(cfg, model, seed), run_dir, group, resume=resume)
+    for name, run_cfg in plans:
+        run_dir = exp_dir / name
+        status = read_status(run_dir)
+        if cfg.resume and status.get("status") == "done":
+            print(f"{name}: finished earlier, skipped", flush=True)
             statuses.append(status)
-            if status["status"] == "interrupted":
-                break
-            if status["status"] == "failed":
-                print(f"{model}: FAILED ({status.get('error')}); going on with the others", flush=True)
-        else:
             continue
-        break
+        resume = cfg.resume and status.get("status") in ("running", "interrupted", "failed")
+        status = run_one(run_cfg, run_dir, group, resume=resume, name=name)
+        statuses.append(status)
+        if status["status"] == "interrupted":
+            raise KeyboardInterrupt
+        if status["status"] == "failed":
+            print(f"{name}: FAILED ({status.get('error')}); going on with the others", flush=True)
     return statuses
+
+
+def model_plans(cfg) -> List[tuple]:
+    return [(run_name(m, s, list(cfg.seeds)), for_model(cfg, m, s)) for m in cfg.models for s in cfg.seeds]
 
 
 def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     """Figure 6 (and Figure 4 for ImageNet): one run per model, curves and a results table."""
     from .report import curves_figure, load_runs, results_rows, write_results
-    statuses = run_sweep(cfg, exp_dir, group)
+    plans = model_plans(cfg)
+    run_plans(cfg, plans, exp_dir, group)
     if rank_zero_only.rank != 0:
         return {}
-    runs = load_runs([exp_dir / run_name(m, s, list(cfg.seeds)) for m in cfg.models for s in cfg.seeds])
+    runs = load_runs([exp_dir / name for name, _ in plans])
     drops = f"lr x{cfg.schedule.factor} at {list(cfg.schedule.milestones)} of {cfg.schedule.max_steps} iterations (batch {cfg.schedule.ref_batch})"
     fig = curves_figure(runs, exp_dir / "figure.png", f"{cfg.experiment} ({cfg.profile} profile): {drops}")
     rows = results_rows(runs)
-    header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final test error on the "
-              f"full 10k test set; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
+    final_on = "the full validation set" if cfg.kind == "imagenet" else "the full 10k test set"
+    header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final error on "
+              f"{final_on}; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
     table = write_results(rows, exp_dir / "results.md", header)
     from .wandb_io import log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, fig, rows)
-    if any(s.get("status") == "interrupted" for s in statuses):
-        raise KeyboardInterrupt
     return {"figure": fig, "results": table}
 
 
@@ -107,7 +109,7 @@ def _temperature(cfg, exp_dir, group):
 
 
 def _batch_scaling(cfg, exp_dir, group):
-    from .temperature import run_batch_scaling
+    from .batch_scaling import run_batch_scaling
     return run_batch_scaling(cfg, exp_dir, group)
 
 
@@ -119,5 +121,12 @@ def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
     if cfg.data.dataset in ("cifar10", "synthetic"):
         from .data.datamodule import load_arrays
         load_arrays(cfg.data)  # missing or broken data fails here, before any directory is made
+    elif cfg.data.root != TINY_IMAGEFOLDER:
+        from .data.imagefolder import ImageFolderDataModule
+        ImageFolderDataModule(cfg.data, None, cfg.seed)  # checks data.root/{train,val}
     exp_dir, group = prepare_sweep(cfg, overwrite)
+    if cfg.data.root == TINY_IMAGEFOLDER:
+        from .data.imagefolder import make_tiny_imagefolder
+        root = make_tiny_imagefolder(exp_dir / "tiny-imagefolder")
+        cfg.data.root = str(root)
     return KINDS[cfg.kind](cfg, exp_dir, group)

@@ -20,12 +20,14 @@ class NonFiniteLoss(RuntimeError):
 
 class ClassifierModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, optim_cfg, log_every: int = 50,
-                 channels_last: bool = True, num_classes: int = 10):
+                 channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test")):
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
         self.train_loss, self.train_err = MeanMetric(), MeanMetric()
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        # one accuracy per evaluation loader, in the order the DataModule returns them
+        self.eval_splits = tuple(eval_splits)
+        self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.last_train_err: float | None = None  # host copy, refreshed at each log step
 
@@ -55,23 +57,13 @@ class ClassifierModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        metric = self.val_acc if dataloader_idx == 0 else self.test_acc
-        metric.update(self(x), y)
+        self.eval_acc[dataloader_idx].update(self(x), y)
 
     def on_validation_epoch_end(self):
         # top-1 error in %, micro-averaged; torchmetrics syncs the counts across DDP ranks
-        self.log("val/err", (1 - self.val_acc.compute()) * 100)
-        self.log("test/err", (1 - self.test_acc.compute()) * 100)
-        self.val_acc.reset()
-        self.test_acc.reset()
-
-    def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.test_acc.update(self(x), y)
-
-    def on_test_epoch_end(self):
-        self.log("final/test_err", (1 - self.test_acc.compute()) * 100)
-        self.test_acc.reset()
+        for split, metric in zip(self.eval_splits, self.eval_acc):
+            self.log(f"{split}/err", (1 - metric.compute()) * 100)
+            metric.reset()
 
     def configure_optimizers(self):
         o = self.optim_cfg

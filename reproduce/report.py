@@ -47,11 +47,13 @@ def curves_figure(runs: List[dict], path: Path, title: str = "") -> Path:
     families = [(n, rs) for n, rs in families if rs]
     fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False, sharey=True)
     top = 0.0
+    # CIFAR plots test error (Figure 6); ImageNet plots validation error (Figure 4)
+    eval_key = "test/err" if any(r["metrics"].get("test/err") for r in runs) else "val/err"
     for ax, (family, fam_runs) in zip(axes[0], families):
         seen = set()
         for r in sorted(fam_runs, key=lambda r: depth_of(r["model"])):
             c, label = colour(depth_of(r["model"])), f"{family}-{depth_of(r['model'])}"
-            for key, style, width in (("train/err", "--", 1.0), ("test/err", "-", 2.2)):
+            for key, style, width in (("train/err", "--", 1.0), (eval_key, "-", 2.2)):
                 pts = r["metrics"].get(key, [])
                 if not pts:
                     continue
@@ -61,11 +63,11 @@ def curves_figure(runs: List[dict], path: Path, title: str = "") -> Path:
                 top = max(top, max(ys[len(ys) // 10:]) if len(ys) > 10 else max(ys))
         for m in milestone_steps(fam_runs[0]["cfg"]):
             ax.axvline(m, color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{family} nets" + (" (lr drops dotted)" if milestone_steps(fam_runs[0]["cfg"]) else ""))
+        ax.set_title(("plain nets" if family == "plain" else "ResNets") + (" (lr drops dotted)" if milestone_steps(fam_runs[0]["cfg"]) else ""))
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    axes[0][0].set_ylabel("error (%)   dashed: training, bold: test")
+    axes[0][0].set_ylabel(f"error (%)   dashed: training, bold: {eval_key.split('/')[0]}")
     axes[0][0].set_ylim(0, min(100, top * 1.1 + 1))
     if title:
         fig.suptitle(title, fontsize=10)

@@ -103,9 +103,14 @@ class Schedule:
             return not (ended or capped)
         return self.examples(step) < self.warmup_examples
 
-    def lr(self, step: int, warmup_ended_at: Optional[int] = None) -> float:
-        """The learning rate for optimizer step `step` (0-based)."""
-        target = self.phase(step).lr
+    def lr(self, step: int, warmup_ended_at: Optional[int] = None,
+           plateau_drops: Optional[Sequence[int]] = None) -> float:
+        """The learning rate for optimizer step `step` (0-based). With `plateau_drops` (the steps
+        at which validation error plateaued, Section 3.4) those replace the milestones."""
+        if plateau_drops is None:
+            target = self.phase(step).lr
+        else:
+            target = self.phases[0].lr * self.factor ** sum(1 for d in plateau_drops if d <= step)
         if not self.in_warmup(step, warmup_ended_at):
             return target
         if self.warmup == "constant":

@@ -75,10 +75,24 @@ def evaluate(module: ClassifierModule, batches, normalize) -> float:
     return float(wrong) * 100 / max(total, 1)
 
 
-def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
+def model_options(cfg, model_name: str) -> dict:
+    from .config import ConfigError
+    from .models import is_imagenet
+    opts = {}
+    if cfg.model.shortcut is not None:
+        if not is_imagenet(model_name):
+            raise ConfigError("model.shortcut applies to the ImageNet nets; CIFAR nets use option A (Section 4.2)")
+        opts["shortcut"] = None if cfg.model.shortcut in ("none", "None") else cfg.model.shortcut
+    if cfg.model.zero_init_residual:
+        opts["zero_init_residual"] = True
+    return opts
+
+
+def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None) -> dict:
     """Train `cfg.models[0]` with `cfg.seed`; returns the status dict also written to status.json."""
     run_dir = Path(run_dir)
-    name = cfg.models[0]
+    model_name = cfg.models[0]
+    name = name or model_name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_cb = AtomicCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every)
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
@@ -89,12 +103,14 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
 
     schedule = Schedule.from_config(cfg.schedule, cfg.data.batch_size)
     dm = build_datamodule(cfg, schedule)
-    model = build(name)
+    model = build(model_name, num_classes=dm.num_classes, **model_options(cfg, model_name))
     if cfg.trainer.compile:
         model = torch.compile(model)
-    module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last)
-    lr_cb = LRSchedule(schedule)
-    callbacks = [lr_cb, BatchScaling(schedule, lr_cb.lr, dm, cfg.trainer.log_every), ckpt_cb,
+    module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
+                              dm.num_classes, dm.eval_splits)
+    s = cfg.schedule
+    lr_cb = LRSchedule(schedule, s.on_plateau, s.plateau_patience, s.plateau_threshold, s.max_drops)
+    callbacks = [lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), ckpt_cb,
                  StopAtLastStep(), EvalLines(name)]
     if cfg.trainer.noise_scale:
         callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
@@ -106,10 +122,10 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
     run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id)
     loggers = [CSVMetrics(run_dir, resume_step)]
-    family = "resnet" if is_residual(name) else "plain"
+    family = "resnet" if is_residual(model_name) else "plain"
     wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
                     "total_steps": schedule.total_steps, "env": environment()}
-    tags = [cfg.experiment, family, f"depth{depth_of(name)}", cfg.profile, *cfg.wandb.tags]
+    tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
     wb = make_wandb_logger(cfg.wandb, run_dir, name, group, run_id, tags, wandb_config)
     if wb is not None:
         loggers.append(wb)
@@ -125,7 +141,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
         enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
         default_root_dir=str(run_dir),
     )
-    status = {"model": name, "seed": cfg.seed, "run_id": run_id, "status": "running",
+    status = {"model": model_name, "name": name, "seed": cfg.seed, "run_id": run_id, "status": "running",
               "total_steps": schedule.total_steps}
     if trainer.is_global_zero:
         write_status(run_dir, **status)
@@ -138,9 +154,9 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
             status.update(status="interrupted", step=trainer.global_step,
                           error=f"stopped by signal {ckpt_cb.stop_signal} at iteration {trainer.global_step}")
         else:
-            final = evaluate(module, dm.test_dataloader() if trainer.world_size == 1 else
-                             _full_test(dm), dm.normalize)
-            status.update(status="done", step=trainer.global_step, final_test_err=final)
+            status.update(status="done", step=trainer.global_step)
+            if trainer.is_global_zero:  # the whole test set, once, on rank 0
+                status["final_test_err"] = evaluate(module, dm.test_dataloader(), dm.normalize)
     except NonFiniteLoss as e:
         status.update(status="failed", error=str(e), step=trainer.global_step)
     except DataError:
@@ -164,7 +180,3 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False) -> dict:
             finish_run(wb, status, ckpt_cb.last_path, cfg)
     return status
 
-
-def _full_test(dm):
-    from .data.datamodule import EvalBatches
-    return EvalBatches(dm.full_test_x, dm.full_test_y, dm.cfg.eval_batch_size)

@@ -19,8 +19,8 @@ def effective_batch(per_device: int, devices: int, accumulate: int) -> int:
 
 
 class BatchScaling(pl.Callback):
-    def __init__(self, schedule: Schedule, lr_of_step, datamodule, log_every: int):
-        self.schedule, self.lr_of_step = schedule, lr_of_step
+    def __init__(self, schedule: Schedule, datamodule, log_every: int):
+        self.schedule = schedule
         self.datamodule, self.log_every = datamodule, log_every
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -36,6 +36,7 @@ class BatchScaling(pl.Callback):
         step = trainer.global_step  # already advanced: this is the step just taken, 1-based
         if step % self.log_every and step != trainer.max_steps:
             return
-        lr, b = self.lr_of_step(step - 1), self.schedule.batch_size(step - 1)
+        # the lr the optimizer actually used for this step, and the batch the loader delivered
+        lr, b = trainer.optimizers[0].param_groups[0]["lr"], self.schedule.batch_size(step - 1)
         pl_module.log_dict({"lr": lr, "batch_size": float(b), "temperature": lr / b,
                             "epoch": self.schedule.examples(step) / self.datamodule.train_size}, on_step=True, on_epoch=False)

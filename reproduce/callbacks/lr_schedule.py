@@ -10,12 +10,31 @@ class LRSchedule(pl.Callback):
     """Applies the pure schedule; remembers only when a train-error warmup ended (Section 4.2:
     ResNet-110 trains at 0.01 "until the training error is below 80%", then goes back to 0.1)."""
 
-    def __init__(self, schedule: Schedule):
+    def __init__(self, schedule: Schedule, on_plateau: bool = False, patience: int = 3,
+                 threshold: float = 0.1, max_drops: int = 2):
         self.schedule = schedule
         self.warmup_ended_at: int | None = None
+        # Section 3.4 (ImageNet): "divided by 10 when the error plateaus"; the drop steps are
+        # recorded, so the lr stays a function of the step given them
+        self.on_plateau, self.patience, self.threshold, self.max_drops = on_plateau, patience, threshold, max_drops
+        self.drops: list[int] = []
+        self.best, self.bad_evals = float("inf"), 0
 
     def lr(self, step: int) -> float:
-        return self.schedule.lr(step, self.warmup_ended_at)
+        return self.schedule.lr(step, self.warmup_ended_at, self.drops if self.on_plateau else None)
+
+    def on_validation_end(self, trainer, pl_module):
+        err = trainer.callback_metrics.get("val/err")
+        if not self.on_plateau or err is None or trainer.sanity_checking:
+            return
+        err = float(err)
+        if err < self.best - self.threshold:
+            self.best, self.bad_evals = err, 0
+        else:
+            self.bad_evals += 1
+        if self.bad_evals >= self.patience and len(self.drops) < self.max_drops:
+            self.drops.append(trainer.global_step)
+            self.best, self.bad_evals = err, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         lr = self.lr(trainer.global_step)
@@ -30,7 +49,9 @@ class LRSchedule(pl.Callback):
             self.warmup_ended_at = trainer.global_step
 
     def state_dict(self):
-        return {"warmup_ended_at": self.warmup_ended_at}
+        return {"warmup_ended_at": self.warmup_ended_at, "drops": self.drops, "best": self.best,
+                "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state):
         self.warmup_ended_at = state["warmup_ended_at"]
+        self.drops, self.best, self.bad_evals = state.get("drops", []), state.get("best", float("inf")), state.get("bad_evals", 0)

@@ -22,6 +22,18 @@ from .cifar10 import load_cifar10
 from .synthetic import make_synthetic
 
 
+def train_size_of(data_cfg) -> int:
+    """Images in the training split, known from the config alone (for epochs and warmup)."""
+    c = data_cfg
+    if c.dataset == "cifar10":
+        n = 50000 - c.val_size
+    elif c.dataset == "synthetic":
+        n = c.synthetic_train - min(c.val_size, c.synthetic_train // 5)
+    else:
+        n = 1281167  # ImageNet-1k training set
+    return min(n, c.train_limit) if c.train_limit else n
+
+
 _LOADED: dict = {}
 
 
@@ -108,6 +120,9 @@ class EvalBatches:
 class ArrayDataModule(pl.LightningDataModule):
     """CIFAR-10 (or synthetic) with the paper's split, per-pixel mean and augmentation."""
 
+    num_classes = 10
+    eval_splits = ("val", "test")  # the order of val_dataloader()'s loaders
+
     def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
         super().__init__()
         self.cfg, self.schedule, self.seed, self.accumulate = data_cfg, schedule, seed, accumulate
@@ -127,6 +142,8 @@ class ArrayDataModule(pl.LightningDataModule):
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.cfg.split_seed))
         val_size = min(self.cfg.val_size, len(train_y) // 5)
         val_idx, train_idx = order[:val_size], order[val_size:]
+        if self.cfg.train_limit:
+            train_idx = train_idx[: self.cfg.train_limit]
         self.train_x, self.train_y = train_x[train_idx], train_y[train_idx]
         self.val_x, self.val_y = train_x[val_idx], train_y[val_idx]
         self.test_x, self.test_y = test_x, test_y
@@ -168,8 +185,8 @@ class ArrayDataModule(pl.LightningDataModule):
                 EvalBatches(self.test_x, self.test_y, bs, rank, world)]
 
     def test_dataloader(self):
-        rank, world = self._rank_world()
-        return EvalBatches(self.full_test_x, self.full_test_y, self.cfg.eval_batch_size, rank, world)
+        """The whole test set (the final evaluation, run once on rank 0)."""
+        return EvalBatches(self.full_test_x, self.full_test_y, self.cfg.eval_batch_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255).sub_(self.mean.to(x.device))

@@ -50,7 +50,14 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
         return imagenet.MODELS[name](num_classes=num_classes or 1000, **kwargs)
     family, depth = _CIFAR.match(name).groups()
     make = cifar.resnet if family == "resnet" else cifar.plain
-    return make(int(depth), num_classes=num_classes or 10)
+    model = make(int(depth), num_classes=num_classes or 10)
+    if kwargs.pop("zero_init_residual", False) and family == "resnet":
+        for block in model.modules():
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.bn2.weight)  # Goyal et al. 2017, Section 5.1
+    if kwargs:
+        raise TypeError(f"unexpected options for CIFAR net {name}: {sorted(kwargs)}")
+    return model
 
 
 def available() -> list[str]:

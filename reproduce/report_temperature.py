@@ -1,0 +1,204 @@
+"""Figures and tables of the temperature and batch-scaling experiments."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .report import markdown_table  # noqa: E402
+from .schedules import Schedule  # noqa: E402
+
+
+RULE_NAMES = {"linear": "lr ∝ B", "none": "fixed lr", "reference": "reference batch, both rules"}
+
+
+def _sched(run_cfg) -> Schedule:
+    return Schedule.from_config(run_cfg.schedule, run_cfg.data.batch_size)
+
+
+def _examples(run_cfg, steps):
+    s = _sched(run_cfg)
+    return [s.examples(x) for x in steps]
+
+
+def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[str, dict]) -> Dict[str, Path]:
+    from .temperature import plateau
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+
+    # (a) measured vs predicted stationary excess loss
+    ax = axes[0]
+    rows = quad["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    for i, b in enumerate(batches):
+        rs = [r for r in rows if r["batch"] == b]
+        ax.loglog([r["temperature"] for r in rs], [r["measured"] for r in rs], "o", color=f"C{i}", label=f"B={b}")
+    t = np.array(sorted(r["temperature"] for r in rows))
+    k = rows[0]["predicted"] / rows[0]["temperature"]
+    ax.loglog(t, k * t, "k--", lw=1, label="lr tr(C)/(4B)")
+    ax.set_xlabel("temperature lr / B")
+    ax.set_ylabel("stationary excess loss")
+    ax.set_title(f"(a) quadratic: slope {quad['slope']:.3f} ± {quad['slope_se']:.3f} (theory 1)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+    # (b) heating and cooling
+    ax = axes[1]
+    cycle_name = next(n for n in runs if n.startswith("cycle-"))
+    cyc = runs[cycle_name]
+    loss = cyc["metrics"].get("train/loss", [])
+    lr = cyc["metrics"].get("lr", [])
+    phase_rows = []
+    if loss:
+        xs, ys = zip(*loss)
+        ax.plot(xs, ys, color="C3", lw=1.2, label="training loss")
+        ax2 = ax.twinx()
+        lx, ly = zip(*lr)
+        ax2.step(lx, ly, color="grey", lw=1, where="post")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("lr (grey)")
+        sched = _sched(cyc["cfg"])
+        bounds = [p.start_step for p in sched.phases] + [sched.total_steps]
+        for i, p in enumerate(sched.phases):
+            level = plateau(loss, bounds[i], bounds[i + 1])
+            phase_rows.append({"phase": i + 1, "iterations": f"{bounds[i]}-{bounds[i + 1]}", "lr": f"{p.lr:.4g}",
+                               "state": "hot" if p.lr >= max(q.lr for q in sched.phases) else "cold",
+                               "train loss, last 30% of phase": f"{level:.4f}"})
+            ax.hlines(level, bounds[i] + 0.7 * (bounds[i + 1] - bounds[i]), bounds[i + 1], color="k", lw=2)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"(b) heating and cooling {cyc['cfg'].models[0]}")
+
+    # (c) batch size as temperature
+    ax = axes[2]
+    batch_rows = []
+    for name, run in runs.items():
+        if not name.startswith("batch"):
+            continue
+        pts = run["metrics"].get("train/loss", [])
+        if not pts:
+            continue
+        b, rule = run["cfg"].data.batch_size, run["cfg"].schedule.scaling
+        if b == run["cfg"].schedule.ref_batch:
+            rule = "reference"
+        steps, vals = zip(*pts)
+        ex = _examples(run["cfg"], steps)
+        style = {"linear": "-", "none": ":", "reference": "-"}[rule]
+        colour = f"C{sorted(cfg.sweep.batches).index(b)}"
+        s = _sched(run["cfg"])
+        ax.plot(ex, vals, style, color=colour,
+                label=f"B={b}, lr={s.phases[0].lr:.3g} ({RULE_NAMES[rule]})", lw=2.4 if rule == "reference" else 1.4)
+        batch_rows.append({"batch": b, "rule": RULE_NAMES[rule],
+                           "lr": f"{s.phases[0].lr:.4g}", "lr/B": f"{s.phases[0].lr / b:.3g}",
+                           "train loss, last 30%": f"{plateau(pts, 0, s.total_steps):.4f}"})
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel("training loss")
+    ax.set_title("(c) batch size: dotted fixed lr, solid lr ∝ B")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figure = exp_dir / "figure.png"
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+    qrows = [{"lr": r["lr"], "B": r["batch"], "lr/B": f"{r['temperature']:.3g}", "measured": f"{r['measured']:.4g}",
+              "predicted lr tr(C)/4B": f"{r['predicted']:.4g}", "measured/predicted": f"{r['ratio']:.3f}"} for r in rows]
+    text = [f"# temperature — {cfg.profile} profile", "",
+            "## (a) SGD on a quadratic: stationary excess loss against lr/B", "",
+            f"Slope of log(excess) on log(lr/B): **{quad['slope']:.3f} ± {quad['slope_se']:.3f}** (theory: 1; "
+            f"within 10%: {'yes' if quad['slope_within_10pct'] else 'NO'}). Prediction lr·tr(C)/(4B), C = σ²H "
+            f"(Mandt et al. 2017, small-lr limit); largest lr·λmax = {quad['lr_max_eig']:.3g}.", "",
+            markdown_table(qrows), "## (b) heating and cooling a ResNet", "", markdown_table(phase_rows),
+            "## (c) batch size as temperature", "", markdown_table(sorted(batch_rows, key=lambda r: (r["rule"], r["batch"])))]
+    results = exp_dir / "results.md"
+    results.write_text("\n".join(text))
+    from .wandb_io import log_experiment_summary
+    log_experiment_summary(cfg, group, exp_dir, figure, qrows)
+    return {"figure": figure, "results": results}
+
+
+def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) -> Dict[str, Path]:
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    ax = axes[0]
+    table = []
+    for i, mode in enumerate(cfg.sweep.modes):
+        pts = []
+        for name, run in runs.items():
+            if run["mode"] == mode and run["status"].get("final_test_err") is not None:
+                pts.append((run["cfg"].data.batch_size, run["status"]["final_test_err"]))
+            if run["mode"] == mode:
+                table.append({"mode": mode, "batch": run["cfg"].data.batch_size,
+                              "lr": f"{_sched(run['cfg']).phases[0].lr:.4g}",
+                              "final test err (%)": f"{run['status'].get('final_test_err', float('nan')):.2f}",
+                              "final train err (%)": f"{run['status'].get('last_train_err', float('nan')):.2f}",
+                              "status": run["status"].get("status", "?")})
+        if pts:
+            pts.sort()
+            ax.semilogx(*zip(*pts), "o-", color=f"C{i}", label=mode, base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("final test error (%)")
+    ax.set_title("test error vs batch size (cf. Goyal et al. 2017, Fig. 1)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[1]
+    for name, run in runs.items():
+        if run["mode"] not in ("decay-lr", "decay-batch"):
+            continue
+        pts = run["metrics"].get("train/err", [])
+        if pts:
+            steps, vals = zip(*pts)
+            ex = np.array(_examples(run["cfg"], steps)) / run["train_size"]
+            ax.plot(ex, vals, "-" if run["mode"] == "decay-lr" else "--", lw=1.4,
+                    label=f"{run['mode']} (train err)")
+        pts = run["metrics"].get("test/err", [])
+        if pts:
+            steps, vals = zip(*pts)
+            ex = np.array(_examples(run["cfg"], steps)) / run["train_size"]
+            ax.plot(ex, vals, "o-" if run["mode"] == "decay-lr" else "s--", ms=3, lw=2, label=f"{run['mode']} (test err)")
+        table.append({"mode": run["mode"], "batch": "→".join(str(p.batch_size) for p in _sched(run["cfg"]).phases),
+                      "lr": "→".join(f"{p.lr:.3g}" for p in _sched(run["cfg"]).phases),
+                      "final test err (%)": f"{run['status'].get('final_test_err', float('nan')):.2f}",
+                      "final train err (%)": f"{run['status'].get('last_train_err', float('nan')):.2f}",
+                      "status": run["status"].get("status", "?")})
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("error (%)")
+    ax.set_title("increase B instead of decaying lr (Smith et al. 2018)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+    ax = axes[2]
+    noise_b = []
+    for name, run in runs.items():
+        pts = run["metrics"].get("noise_scale", [])
+        if pts:
+            steps, vals = zip(*pts)
+            ax.plot(np.array(_examples(run["cfg"], steps)) / run["train_size"], vals, color="C4", label="B_simple")
+            noise_b = vals
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("gradient noise scale B_simple")
+    ax.set_yscale("log")
+    ax.set_title("noise scale (McCandlish et al. 2018)")
+    for b in cfg.sweep.batches:
+        ax.axhline(b, color="grey", lw=0.6, ls=":")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    figure = exp_dir / "figure.png"
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    lines = [f"# batch-scaling — {cfg.profile} profile", "",
+             f"lr {cfg.schedule.lr} at batch {cfg.schedule.ref_batch}; every run sees the same number of examples.", "",
+             markdown_table(table)]
+    if len(noise_b):
+        tail = noise_b[len(noise_b) // 2:]
+        lines += [f"Gradient noise scale B_simple over the second half of training: median {np.median(tail):.0f} "
+                  f"(range {min(tail):.0f}-{max(tail):.0f}). McCandlish et al. predict the linear rule to hold for "
+                  f"B well below it and to stop paying off above it.", ""]
+    results = exp_dir / "results.md"
+    results.write_text("\n".join(lines))
+    from .wandb_io import log_experiment_summary
+    log_experiment_summary(cfg, group, exp_dir, figure, table)
+    return {"figure": figure, "results": results}

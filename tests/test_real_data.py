@@ -1,0 +1,13 @@
+"""Real-data tier: a short run on the real CIFAR-10 must learn."""
+from .conftest import CIFAR_ROOT, require_cifar, run_cli
+
+
+def test_short_real_cifar_run_learns(tmp_path):
+    require_cifar()
+    run_cli("resnet", "--quick", "models=[resnet8]", f"data.root={CIFAR_ROOT}", "schedule.max_steps=200",
+            "schedule.milestones=[150]", "trainer.eval_every=100", f"out_dir={tmp_path}", "wandb.mode=disabled",
+            timeout=600)
+    import json
+    status = json.loads((tmp_path / "resnet" / "resnet8" / "status.json").read_text())
+    assert status["status"] == "done" and status["step"] == 200
+    assert status["final_test_err"] < 70, status  # chance is 90%; 200 iterations reach ~55-60%
