@@ -41,12 +41,19 @@ def dry_run(cfg) -> str:
     from .schedules import Schedule
     lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
+    if cfg.kind == "temperature":
+        from .temperature import temperature_plans
+        plans = temperature_plans(cfg)
+    elif cfg.kind == "batch_scaling":
+        from .batch_scaling import batch_scaling_plans
+        plans = [(name, run) for name, _, run in batch_scaling_plans(cfg)]
+    else:
+        plans = [(model, for_model(cfg, model, cfg.seeds[0])) for model in cfg.models]
     shown = {}
-    for model in cfg.models:
-        run = for_model(cfg, model, cfg.seeds[0])
+    for name, run in plans:
         sched = Schedule.from_config(run.schedule, run.data.batch_size)
         text = "\n".join(sched.describe(n))
-        shown.setdefault(text, []).append((model, sched, run))
+        shown.setdefault(text, []).append((name, sched, run))
     for text, items in shown.items():
         sched, run = items[0][1], items[0][2]
         world = run.trainer.devices * run.trainer.num_nodes

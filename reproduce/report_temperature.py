@@ -104,6 +104,30 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     fig.savefig(figure, dpi=110)
     plt.close(fig)
 
+    verdicts = []
+    levels = [float(r["train loss, last 30% of phase"]) for r in phase_rows]
+    states = [r["state"] for r in phase_rows]
+    for i in range(1, len(levels)):
+        change = "down" if levels[i] < levels[i - 1] else "up"
+        expected = "down" if states[i] == "cold" else "up"
+        verdicts.append(f"- phase {i} → {i + 1} ({states[i - 1]} → {states[i]}): loss {levels[i - 1]:.3f} → "
+                        f"{levels[i]:.3f}, {change} ({'as predicted' if change == expected else 'NOT as predicted'})")
+    for state in ("hot", "cold"):
+        same = [lv for lv, st in zip(levels, states) if st == state]
+        if len(same) > 1:
+            verdicts.append(f"- {state} phases settle at {', '.join(f'{v:.3f}' for v in same)}: spread "
+                            f"{max(same) - min(same):.3f} ({100 * (max(same) - min(same)) / max(same):.0f}% of the level)")
+    fixed = sorted((r["batch"], float(r["train loss, last 30%"])) for r in batch_rows if r["rule"] != RULE_NAMES["linear"])
+    linear = sorted((r["batch"], float(r["train loss, last 30%"])) for r in batch_rows if r["rule"] != RULE_NAMES["none"])
+    if len(fixed) > 1:
+        lower = all(b[1] < a[1] for a, b in zip(fixed, fixed[1:]))
+        verdicts.append(f"- fixed lr: loss by batch {', '.join(f'B={b}: {v:.3f}' for b, v in fixed)} — larger B "
+                        f"{'settles lower, as predicted' if lower else 'does NOT settle lower in this run'}")
+    if len(linear) > 1:
+        vals = [v for _, v in linear]
+        verdicts.append(f"- lr ∝ B: loss by batch {', '.join(f'B={b}: {v:.3f}' for b, v in linear)} — spread "
+                        f"{max(vals) - min(vals):.3f} (fixed lr: {max(v for _, v in fixed) - min(v for _, v in fixed):.3f})")
+
     qrows = [{"lr": r["lr"], "B": r["batch"], "lr/B": f"{r['temperature']:.3g}", "measured": f"{r['measured']:.4g}",
               "predicted lr tr(C)/4B": f"{r['predicted']:.4g}", "measured/predicted": f"{r['ratio']:.3f}"} for r in rows]
     text = [f"# temperature — {cfg.profile} profile", "",
@@ -112,7 +136,8 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
             f"within 10%: {'yes' if quad['slope_within_10pct'] else 'NO'}). Prediction lr·tr(C)/(4B), C = σ²H "
             f"(Mandt et al. 2017, small-lr limit); largest lr·λmax = {quad['lr_max_eig']:.3g}.", "",
             markdown_table(qrows), "## (b) heating and cooling a ResNet", "", markdown_table(phase_rows),
-            "## (c) batch size as temperature", "", markdown_table(sorted(batch_rows, key=lambda r: (r["rule"], r["batch"])))]
+            "## (c) batch size as temperature", "", markdown_table(sorted(batch_rows, key=lambda r: (r["rule"], r["batch"]))),
+            "## What held", "", *verdicts, ""]
     results = exp_dir / "results.md"
     results.write_text("\n".join(text))
     from .wandb_io import log_experiment_summary
