@@ -51,7 +51,7 @@ def run_batch_scaling(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     from .report_temperature import batch_scaling_report
     plans = batch_scaling_plans(cfg)
     run_plans(cfg, [(name, run_cfg) for name, _, run_cfg in plans], exp_dir, group)
-    if rank_zero_only.rank != 0:
+    if rank_zero_only.rank != 0 or cfg.only:
         return {}
     runs = {}
     for name, mode, run_cfg in plans:

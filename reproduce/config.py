@@ -92,6 +92,7 @@ class TrainerConfig:
     deterministic: bool = False
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+    parallel: int = 1  # runs of a sweep trained at once, one process each (GPUs shared round-robin)
     noise_scale: bool = False  # log the gradient noise scale (McCandlish et al. 2018)
     noise_every: int = 50
 
@@ -144,6 +145,7 @@ class RunConfig:
     seed: int = 0  # the seed of the current run (set per run from `seeds`)
     out_dir: str = "runs"
     resume: bool = False
+    only: List[str] = field(default_factory=list)  # train only these runs of the sweep (by run name)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -279,7 +281,8 @@ def validate(cfg: DictConfig) -> None:
                        ("schedule.ref_batch", s.ref_batch), ("schedule.max_steps", s.max_steps),
                        ("data.eval_batch_size", d.eval_batch_size), ("trainer.devices", t.devices),
                        ("trainer.accumulate", t.accumulate), ("trainer.eval_every", t.eval_every),
-                       ("trainer.log_every", t.log_every), ("trainer.checkpoint_every", t.checkpoint_every)):
+                       ("trainer.log_every", t.log_every), ("trainer.checkpoint_every", t.checkpoint_every),
+                       ("trainer.parallel", t.parallel)):
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     if not 0 < s.factor <= 1:

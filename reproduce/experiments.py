@@ -60,7 +60,15 @@ def prepare_sweep(cfg, overwrite: bool = False) -> tuple[Path, str]:
 
 def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
     """Train each (run name, run config) in turn. On resume a finished run is skipped and an
-    unfinished one continues from its checkpoint; a failed run is recorded and the rest go on."""
+    unfinished one continues from its checkpoint; a failed run is recorded and the rest go on.
+    With trainer.parallel > 1 the runs go to that many worker processes instead."""
+    if cfg.only:
+        unknown = set(cfg.only) - {name for name, _ in plans}
+        if unknown:
+            raise ConfigError(f"only: no run named {sorted(unknown)} in this sweep; runs: {[n for n, _ in plans]}")
+        plans = [(name, run_cfg) for name, run_cfg in plans if name in cfg.only]
+    elif cfg.trainer.parallel > 1 and cfg.trainer.devices * cfg.trainer.num_nodes == 1:
+        return run_parallel(cfg, plans, exp_dir)
     statuses = []
     for name, run_cfg in plans:
         run_dir = exp_dir / name
@@ -79,6 +87,50 @@ def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
     return statuses
 
 
+def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
+    """Train the sweep's runs `trainer.parallel` at a time, each in its own process
+    (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
+    at batch 128 leaves most of a large GPU idle. On a CPU the cores are split between workers."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    n_gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // cfg.trainer.parallel)
+    queue = [name for name, _ in plans if not (cfg.resume and read_status(exp_dir / name).get("status") == "done")]
+    running: Dict[str, subprocess.Popen] = {}
+    slot = 0
+    try:
+        while queue or running:
+            while queue and len(running) < cfg.trainer.parallel:
+                name = queue.pop(0)
+                env = dict(os.environ)
+                if n_gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
+                slot += 1
+                cmd = [sys.executable, "-m", "reproduce", cfg.experiment, "--resume", str(exp_dir), f"only=[{name}]",
+                       "trainer.parallel=1", *([] if n_gpus else [f"trainer.threads={threads}"])]
+                (exp_dir / name).mkdir(parents=True, exist_ok=True)
+                log = open(exp_dir / name / "worker.log", "a")
+                running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                print(f"{name}: started (worker log {exp_dir / name / 'worker.log'})", flush=True)
+            for name, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    st = read_status(exp_dir / name)
+                    print(f"{name}: {st.get('status', 'no status')} (exit {proc.returncode})"
+                          + (f" {st.get('error')}" if st.get("error") else ""), flush=True)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for proc in running.values():
+            proc.terminate()  # SIGTERM: each worker checkpoints and stops
+        for proc in running.values():
+            proc.wait()
+        raise
+    return [read_status(exp_dir / name) for name, _ in plans]
+
+
 def model_plans(cfg) -> List[tuple]:
     return [(run_name(m, s, list(cfg.seeds)), for_model(cfg, m, s)) for m in cfg.models for s in cfg.seeds]
 
@@ -88,8 +140,8 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     from .report import curves_figure, load_runs, results_rows, write_results
     plans = model_plans(cfg)
     run_plans(cfg, plans, exp_dir, group)
-    if rank_zero_only.rank != 0:
-        return {}
+    if rank_zero_only.rank != 0 or cfg.only:
+        return {}  # a DDP worker, or a parallel worker: the sweep's process draws the report
     runs = load_runs([exp_dir / name for name, _ in plans])
     drops = f"lr x{cfg.schedule.factor} at {list(cfg.schedule.milestones)} of {cfg.schedule.max_steps} iterations (batch {cfg.schedule.ref_batch})"
     fig = curves_figure(runs, exp_dir / "figure.png", f"{cfg.experiment} ({cfg.profile} profile): {drops}")

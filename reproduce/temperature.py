@@ -122,13 +122,13 @@ def temperature_plans(cfg) -> List[tuple]:
 
 def run_temperature(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     from .experiments import run_plans
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0 and not cfg.only:
         quad = run_quadratic(cfg.sweep, exp_dir)
         print(f"quadratic: slope of log(excess) on log(lr/B) = {quad['slope']:.3f} ± {quad['slope_se']:.3f} "
               f"(theory: 1)", flush=True)
     plans = temperature_plans(cfg)
     run_plans(cfg, plans, exp_dir, group)
-    if rank_zero_only.rank != 0:
+    if rank_zero_only.rank != 0 or cfg.only:
         return {}
     quad = json.loads((exp_dir / "quadratic.json").read_text())
     runs = {name: {"cfg": run_cfg, "metrics": read_metrics(exp_dir / name / "metrics.csv")

@@ -66,7 +66,8 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
         run.log({"figure": wandb.Image(str(figure))})
     if rows:
         columns = list(rows[0].keys())
-        run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+        # one type per column: a W&B Table refuses mixed ints and strings, so cells go as text
+        run.log({"results": wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns] for r in rows])})
     run.finish()
 
 

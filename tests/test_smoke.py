@@ -81,3 +81,16 @@ def test_every_other_experiment_smokes(name, tmp_path):
     run_cli(name, "--smoke", f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
     assert (tmp_path / name / "results.md").exists()
     assert list((tmp_path / name).glob("*.png"))
+
+
+def test_parallel_workers_train_a_sweep_and_the_parent_reports(tmp_path):
+    proc = run_cli("resnet", "--smoke", "models=[resnet8,plain8,resnet14]", "trainer.parallel=2",
+                   f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
+    exp = tmp_path / "resnet"
+    for name in ("resnet8", "plain8", "resnet14"):
+        assert '"status": "done"' in (exp / name / "status.json").read_text()
+        assert (exp / name / "worker.log").exists()
+        assert f"{name}: done (exit 0)" in proc.stdout
+    table = (exp / "results.md").read_text()
+    assert "| resnet14 | 1 | 8 |" in table and "FAILED" not in table
+    assert (exp / "figure.png").exists()
