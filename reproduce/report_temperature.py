@@ -145,6 +145,21 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     return {"figure": figure, "results": results}
 
 
+def _label(ax, x: str, y: str, title: str, legend_size: int) -> None:
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
+def _result_row(mode: str, run: dict, batch: str, lr: str) -> dict:
+    st = run["status"]
+    return {"mode": mode, "batch": batch, "lr": lr,
+            "final test err (%)": f"{st.get('final_test_err', float('nan')):.2f}",
+            "final train err (%)": f"{st.get('last_train_err', float('nan')):.2f}", "status": st.get("status", "?")}
+
+
 def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) -> Dict[str, Path]:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     ax = axes[0]
@@ -155,45 +170,28 @@ def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) 
             if run["mode"] == mode and run["status"].get("final_test_err") is not None:
                 pts.append((run["cfg"].data.batch_size, run["status"]["final_test_err"]))
             if run["mode"] == mode:
-                table.append({"mode": mode, "batch": run["cfg"].data.batch_size,
-                              "lr": f"{_sched(run['cfg']).phases[0].lr:.4g}",
-                              "final test err (%)": f"{run['status'].get('final_test_err', float('nan')):.2f}",
-                              "final train err (%)": f"{run['status'].get('last_train_err', float('nan')):.2f}",
-                              "status": run["status"].get("status", "?")})
+                table.append(_result_row(mode, run, str(run["cfg"].data.batch_size),
+                                         f"{_sched(run['cfg']).phases[0].lr:.4g}"))
         if pts:
             pts.sort()
             ax.semilogx(*zip(*pts), "o-", color=f"C{i}", label=mode, base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("final test error (%)")
-    ax.set_title("test error vs batch size (cf. Goyal et al. 2017, Fig. 1)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _label(ax, "batch size", "final test error (%)", "test error vs batch size (cf. Goyal et al. 2017, Fig. 1)", 8)
 
     ax = axes[1]
     for name, run in runs.items():
         if run["mode"] not in ("decay-lr", "decay-batch"):
             continue
-        pts = run["metrics"].get("train/err", [])
-        if pts:
-            steps, vals = zip(*pts)
-            ex = np.array(_examples(run["cfg"], steps)) / run["train_size"]
-            ax.plot(ex, vals, "-" if run["mode"] == "decay-lr" else "--", lw=1.4,
-                    label=f"{run['mode']} (train err)")
-        pts = run["metrics"].get("test/err", [])
-        if pts:
-            steps, vals = zip(*pts)
-            ex = np.array(_examples(run["cfg"], steps)) / run["train_size"]
-            ax.plot(ex, vals, "o-" if run["mode"] == "decay-lr" else "s--", ms=3, lw=2, label=f"{run['mode']} (test err)")
-        table.append({"mode": run["mode"], "batch": "→".join(str(p.batch_size) for p in _sched(run["cfg"]).phases),
-                      "lr": "→".join(f"{p.lr:.3g}" for p in _sched(run["cfg"]).phases),
-                      "final test err (%)": f"{run['status'].get('final_test_err', float('nan')):.2f}",
-                      "final train err (%)": f"{run['status'].get('last_train_err', float('nan')):.2f}",
-                      "status": run["status"].get("status", "?")})
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("error (%)")
-    ax.set_title("increase B instead of decaying lr (Smith et al. 2018)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        by_lr = run["mode"] == "decay-lr"
+        for key, style, width in (("train/err", "-" if by_lr else "--", 1.4), ("test/err", "o-" if by_lr else "s--", 2)):
+            pts = run["metrics"].get(key, [])
+            if pts:
+                steps, vals = zip(*pts)
+                ex = np.array(_examples(run["cfg"], steps)) / run["train_size"]
+                ax.plot(ex, vals, style, ms=3, lw=width, label=f"{run['mode']} ({key.split('/')[0]} err)")
+        phases = _sched(run["cfg"]).phases
+        table.append(_result_row(run["mode"], run, "→".join(str(p.batch_size) for p in phases),
+                                 "→".join(f"{p.lr:.3g}" for p in phases)))
+    _label(ax, "epochs", "error (%)", "increase B instead of decaying lr (Smith et al. 2018)", 7)
 
     ax = axes[2]
     noise_b = []
