@@ -30,6 +30,8 @@ class CSVMetrics(Logger):
         self.path = Path(run_dir) / METRICS_FILE
         self._resume_step = resume_step
         self._ready = False
+        if rank_zero_only.rank == 0:
+            self._prepare()  # the file exists (or is trimmed to the checkpoint) before the first step
 
     @property
     def name(self) -> str:

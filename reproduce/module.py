@@ -24,7 +24,10 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
-        self.train_loss, self.train_err = MeanMetric(), MeanMetric()
+        # nan_strategy="disable": torchmetrics' NaN check would sync the host every step; a
+        # non-finite loss is caught at the next log step instead (NonFiniteLoss)
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_err = MeanMetric(nan_strategy="disable")
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
