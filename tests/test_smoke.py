@@ -44,8 +44,14 @@ def test_lr_logged_is_the_schedule_halved_twice(resnet_smoke):
 
 def test_resnet110_warmup_is_logged(resnet_smoke):
     exp, _ = resnet_smoke
-    lr = read_metrics(exp / "resnet110" / "metrics.csv")["lr"]
-    assert lr[0][1] in (pytest.approx(0.01), pytest.approx(0.1))  # 0.01 while train/err >= 80%
+    m = read_metrics(exp / "resnet110" / "metrics.csv")
+    lr, err = dict(m["lr"]), dict(m["train/err"])
+    assert lr[2] == pytest.approx(0.01)  # Section 4.2: warm up at 0.01 ...
+    for step in sorted(lr)[1:]:  # ... until train/err < 80% at a log step, then the schedule's lr
+        prev = max(s for s in err if s < step)
+        ended = any(err[s] < 80 for s in err if s <= prev)
+        expected = {True: {4: 0.1, 6: 0.05, 8: 0.025}, False: {4: 0.01, 6: 0.01, 8: 0.01}}[ended][step]
+        assert lr[step] == pytest.approx(expected), (step, lr, err)
 
 
 def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke):
