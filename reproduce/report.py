@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -103,6 +103,51 @@ def results_rows(runs: List[dict]) -> List[dict]:
                      "paper Table 6 (%)": f"{PAPER_TABLE6[model]:.2f}" if model in PAPER_TABLE6 else "—",
                      "status": "ok" if not failed else "FAILED: " + "; ".join(str(f) for f in failed)})
     return sorted(rows, key=lambda r: (is_residual(r["model"]), depth_of(r["model"])))
+
+
+def step_at_drop(points: List[tuple], drop: int, window: float) -> Optional[dict]:
+    """How far training error falls at an lr drop beyond what its trend predicts.
+
+    A line fitted to the points in (drop - 2*window, drop] predicts the window after the drop;
+    ``step`` is that prediction minus the mean of the points in (drop, drop + window]: positive when
+    the error steps down faster than it was already falling (the cooling of Section 4.2's drops),
+    about 0 when the drop only continues the trend. ``noise`` is the scatter (sd) of one point about
+    the fitted line, for judging whether a step is larger than chance.
+    """
+    pre = [(x, y) for x, y in points if drop - 2 * window < x <= drop]
+    post = [y for x, y in points if drop < x <= drop + window]
+    if len(pre) < 3 or not post:
+        return None
+    xs, ys = [x for x, _ in pre], [y for _, y in pre]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in pre) / sum((x - mx) ** 2 for x in xs)
+    line = [my + slope * (x - mx) for x in xs]
+    post_xs = [x for x, _ in points if drop < x <= drop + window]
+    predicted = statistics.fmean(my + slope * (x - mx) for x in post_xs)
+    after = statistics.fmean(post)
+    return {"before": my + slope * (drop - mx), "after": after, "step": predicted - after,
+            "noise": statistics.pstdev([y - f for y, f in zip(ys, line)])}
+
+
+def drop_rows(runs: List[dict]) -> List[dict]:
+    """Training error around each lr drop, one row per run: the evidence for "a step at each drop"."""
+    rows = []
+    for r in sorted(runs, key=lambda r: (is_residual(r["model"]), depth_of(r["model"]))):
+        drops = milestone_steps(r["cfg"])
+        pts = r["metrics"].get("train/err", [])
+        if not drops or not pts:
+            continue
+        last = pts[-1][0]
+        bounds = [0] + list(drops) + [last]
+        row = {"model": r["dir"].name}
+        for i, drop in enumerate(drops, start=1):
+            # 10% of training, never reaching past the next drop nor back over half the previous phase
+            window = min(0.1 * last, bounds[i + 1] - drop, (drop - bounds[i - 1]) / 2)
+            s = step_at_drop(pts, drop, window) if window > 0 else None
+            row[f"at {drop}: before → after"] = f"{s['before']:.1f} → {s['after']:.1f}" if s else "—"
+            row[f"at {drop}: step (point sd)"] = f"{s['step']:+.1f} ({s['noise']:.1f})" if s else "—"
+        rows.append(row)
+    return rows
 
 
 def markdown_table(rows: List[dict]) -> str:
