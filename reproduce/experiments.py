@@ -158,7 +158,7 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
                     "the next 10%); step = how much lower it is after than the trend predicts, beside the scatter "
                     "of one logged point.\n\n" + markdown_table(steps))
     from .wandb_io import log_experiment_summary
-    log_experiment_summary(cfg, group, exp_dir, fig, rows)
+    log_experiment_summary(cfg, group, exp_dir, fig, rows, {"lr_drops": steps})
     return {"figure": fig, "results": table}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 from .models import depth_of
 
@@ -42,8 +42,9 @@ def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
     run.finish()
 
 
-def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: List[dict]) -> None:
-    """One extra run in the sweep's group holding the figure and the results table."""
+def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: List[dict],
+                           more_tables: Optional[Dict[str, List[dict]]] = None) -> None:
+    """One extra run in the sweep's group holding the figure, the results table and any more tables."""
     from .loggers import decide_mode, say_offline
     mode = decide_mode(cfg.wandb.mode)
     if mode == "disabled":
@@ -64,10 +65,11 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
                          dir=str(exp_dir / "summary"), mode="offline", reinit="create_new")
     if figure.exists():
         run.log({"figure": wandb.Image(str(figure))})
-    if rows:
-        columns = list(rows[0].keys())
-        # one type per column: a W&B Table refuses mixed ints and strings, so cells go as text
-        run.log({"results": wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns] for r in rows])})
+    for key, table in {"results": rows, **(more_tables or {})}.items():
+        if table:
+            columns = list(table[0].keys())
+            # one type per column: a W&B Table refuses mixed ints and strings, so cells go as text
+            run.log({key: wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns] for r in table])})
     run.finish()
 
 

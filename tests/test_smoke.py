@@ -78,7 +78,7 @@ def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke)
     assert summary, "the sweep's summary run with the figure and the table"
     s = summarize_wandb_file(summary[0])
     keys = {k.split("/")[0] for r in s["history"] for k in r}
-    assert {"figure", "results"} <= keys  # an image and a W&B Table
+    assert {"figure", "results", "lr_drops"} <= keys  # an image and W&B Tables
     assert any(a["type"] == "run_table" for a in s["artifacts"])
     assert "wandb sync" in proc.stderr
 
