@@ -1,9 +1,9 @@
 """`python -m reproduce report RUN_DIR | GROUP [--dry-run]`: a W&B report that recreates the figure.
 
 Built with the `wandb-workspaces` package: per family (plain, ResNet) a panel of training error
-(dashed) and test error (bold) against iterations, one line per depth; the lr panel; and the
-sweep's results table. `--dry-run` writes the report's JSON spec locally (no login, no network);
-otherwise it is saved to W&B and its URL printed.
+(dashed) and test error (bold) against iterations, one line per depth; the lr panel; the sweep's
+results table and its training-error step at each lr drop. `--dry-run` writes the report's JSON
+spec locally (no login, no network); otherwise it is saved to W&B and its URL printed.
 """
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def build_report(info: dict, entity: str, project: str):
                                          title_x="iterations", log_y=True)]),
         wr.H2("Results"),
         wr.PanelGrid(runsets=[runset("summary", "summary")],
-                     panels=[wr.WeavePanelSummaryTable(table_name="results"), wr.MediaBrowser(media_keys=["figure"])]),
+                     panels=[wr.WeavePanelSummaryTable(table_name="results"),
+                             wr.WeavePanelSummaryTable(table_name="lr_drops"), wr.MediaBrowser(media_keys=["figure"])]),
     ]
     return wr.Report(entity=entity, project=project, title=f"reproduce: {info['experiment']} ({info['group']})"[:128],
                      description="Plain vs residual nets on CIFAR-10; the learning rate as a temperature.",

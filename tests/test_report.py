@@ -15,6 +15,7 @@ def test_wandb_report_dry_run_writes_the_figure_panels(tmp_path):
     assert f"{ids['plain8']}:train/err" in text and "dashed" in text  # training error dashed, per run
     group = json.loads((tmp_path / "resnet" / "sweep.json").read_text())["group"]
     assert group in text
+    assert "lr_drops" in text  # the table of training-error steps at each drop
 
 
 def test_step_at_drop_separates_a_step_from_a_falling_trend():
