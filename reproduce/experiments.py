@@ -137,7 +137,7 @@ def model_plans(cfg) -> List[tuple]:
 
 def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     """Figure 6 (and Figure 4 for ImageNet): one run per model, curves and a results table."""
-    from .report import curves_figure, drop_rows, load_runs, markdown_table, results_rows, write_results
+    from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
     plans = model_plans(cfg)
     run_plans(cfg, plans, exp_dir, group)
     if rank_zero_only.rank != 0 or cfg.only:
@@ -149,14 +149,8 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     final_on = "the full validation set" if cfg.kind == "imagenet" else "the full 10k test set"
     header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final error on "
               f"{final_on}; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
-    table = write_results(rows, exp_dir / "results.md", header)
     steps = drop_rows(runs)
-    if steps:
-        with open(table, "a") as f:
-            f.write("\n## Training error at each lr drop\n\nError (%) on the training batches just before (the "
-                    "trend line fitted over the preceding 20% of training, at the drop) and just after (mean over "
-                    "the next 10%); step = how much lower it is after than the trend predicts, beside the scatter "
-                    "of one logged point.\n\n" + markdown_table(steps))
+    table = write_results(rows, exp_dir / "results.md", header, steps)
     from .wandb_io import log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, fig, rows, {"lr_drops": steps})
     return {"figure": fig, "results": table}

@@ -31,7 +31,6 @@ class ClassifierModule(pl.LightningModule):
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.last_train_err: float | None = None  # host copy, refreshed at each log step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

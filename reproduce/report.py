@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from .loggers import read_metrics  # noqa: E402
@@ -114,19 +115,14 @@ def step_at_drop(points: List[tuple], drop: int, window: float) -> Optional[dict
     about 0 when the drop only continues the trend. ``noise`` is the scatter (sd) of one point about
     the fitted line, for judging whether a step is larger than chance.
     """
-    pre = [(x, y) for x, y in points if drop - 2 * window < x <= drop]
-    post = [y for x, y in points if drop < x <= drop + window]
-    if len(pre) < 3 or not post:
+    pre = np.array([(x, y) for x, y in points if drop - 2 * window < x <= drop])
+    post = np.array([(x, y) for x, y in points if drop < x <= drop + window])
+    if len(pre) < 3 or not len(post):
         return None
-    xs, ys = [x for x, _ in pre], [y for _, y in pre]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in pre) / sum((x - mx) ** 2 for x in xs)
-    line = [my + slope * (x - mx) for x in xs]
-    post_xs = [x for x, _ in points if drop < x <= drop + window]
-    predicted = statistics.fmean(my + slope * (x - mx) for x in post_xs)
-    after = statistics.fmean(post)
-    return {"before": my + slope * (drop - mx), "after": after, "step": predicted - after,
-            "noise": statistics.pstdev([y - f for y, f in zip(ys, line)])}
+    line = np.polynomial.Polynomial.fit(pre[:, 0], pre[:, 1], 1)
+    after = float(post[:, 1].mean())
+    return {"before": float(line(drop)), "after": after, "step": float(line(post[:, 0]).mean()) - after,
+            "noise": float((pre[:, 1] - line(pre[:, 0])).std())}
 
 
 def drop_rows(runs: List[dict]) -> List[dict]:
@@ -150,6 +146,12 @@ def drop_rows(runs: List[dict]) -> List[dict]:
     return rows
 
 
+DROP_SECTION = ("## Training error at each lr drop\n\nError (%) on the training batches just before (the trend "
+                "line fitted over the preceding 20% of training, at the drop) and just after (mean over the next "
+                "10%); step = how much lower it is after than the trend predicts, beside the scatter of one logged "
+                "point.\n\n")
+
+
 def markdown_table(rows: List[dict]) -> str:
     if not rows:
         return "(no runs)\n"
@@ -159,6 +161,8 @@ def markdown_table(rows: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: List[dict], path: Path, header: str) -> Path:
-    path.write_text(f"{header}\n\n{markdown_table(rows)}")
+def write_results(rows: List[dict], path: Path, header: str, drops: List[dict] = ()) -> Path:
+    """results.md: the header, the results table and, when given, the table of steps at the drops."""
+    drop_text = f"\n{DROP_SECTION}{markdown_table(drops)}" if drops else ""
+    path.write_text(f"{header}\n\n{markdown_table(rows)}{drop_text}")
     return path
