@@ -70,7 +70,7 @@ def dry_run(cfg) -> str:
 def _resume_config(experiment: str, where: str, overrides):
     from omegaconf import OmegaConf
 
-    from .config import ConfigError, _merge, new_config, validate
+    from .config import ConfigError, _merge, apply_override, new_config, validate
     from .experiments import SWEEP_CONFIG
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
@@ -79,7 +79,7 @@ def _resume_config(experiment: str, where: str, overrides):
             if cfg.experiment != experiment:
                 raise ConfigError(f"--resume {where}: that sweep is '{cfg.experiment}', not '{experiment}'")
             for item in overrides:
-                cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+                cfg = apply_override(cfg, item)
             cfg.out_dir, cfg.resume = str(candidate.parent.parent), True
             validate(cfg)
             return cfg
@@ -90,13 +90,13 @@ def _resume_config(experiment: str, where: str, overrides):
 def quiet_libraries() -> None:
     """Lightning's info lines (GPU available, tips) and wandb's chatter drown the progress lines."""
     import logging
-    import warnings
 
     import pytorch_lightning  # noqa: F401  (sets its own level on import: set ours after)
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|litlogger|Encountered `nan`|anonymous setting).*")
+    from .lightning import ignore_known_warnings
+    ignore_known_warnings()
 
 
 def main(argv=None) -> int:
@@ -141,6 +141,8 @@ def _main(argv) -> int:
         from .bench import main as bench_main
         return bench_main(argv[1:])
     args = _parser().parse_intermixed_args(argv)
+    from .callbacks.checkpoint import Fault
+    Fault.spec_parts()  # a malformed REPRODUCE_FAULT fails here, in one line, before any run
     from .config import compose
     if args.resume is not None:
         cfg = _resume_config(args.experiment, args.resume or _out_dir(args.overrides), args.overrides)

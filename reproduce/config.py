@@ -142,7 +142,7 @@ class RunConfig:
     description: str = ""
     models: List[str] = field(default_factory=lambda: ["resnet20"])
     seeds: List[int] = field(default_factory=lambda: [0])
-    seed: int = 0  # the seed of the current run (set per run from `seeds`)
+    seed: int = 0  # the seed of the current run: set per run from `seeds`, never by the user
     out_dir: str = "runs"
     resume: bool = False
     only: List[str] = field(default_factory=list)  # train only these runs of the sweep (by run name)
@@ -235,6 +235,17 @@ def _experiment_layers(experiment: str, seen=()):
     return main, profiles
 
 
+RUN_ONLY_KEYS = {"seed": "the seed of each run comes from `seeds`: to run seed {value} use seeds=[{value}] "
+                         "(several at once: seeds=[0,1,2])"}
+
+
+def reject_run_only_keys(layer: Any, source: str) -> None:
+    """Keys that the sweep sets per run: accepting them from the user would silently do nothing."""
+    for key, why in RUN_ONLY_KEYS.items():
+        if isinstance(layer, (dict, DictConfig)) and key in layer:
+            raise ConfigError(f"{source}: '{key}' cannot be set; {why.format(value=layer[key])}")
+
+
 def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) -> DictConfig:
     """defaults (the paper) <- configs/<experiment>.yaml <- its profile section <- key=value."""
     names = experiments()
@@ -246,22 +257,32 @@ def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) 
     cfg = new_config()
     main, profiles = _experiment_layers(experiment)
     for source, layer in main:
+        reject_run_only_keys(layer, source)
         cfg = _merge(cfg, layer, source)
     if profile == "smoke":
         cfg = _merge(cfg, load_yaml(CONFIG_DIR / "_smoke.yaml"), "configs/_smoke.yaml")
     for source, layer in profiles.get(profile, []):
+        reject_run_only_keys(layer, f"{source} [{profile}]")
         cfg = _merge(cfg, layer, f"{source} [{profile}]")
     cfg.experiment, cfg.profile = experiment, profile
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. schedule.factor=0.1)")
-        try:
-            dot = OmegaConf.from_dotlist([item])
-        except Exception as e:
-            raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, dot, f"override '{item}'")
+        cfg = apply_override(cfg, item)
     validate(cfg)
     return cfg
+
+
+def apply_override(cfg: DictConfig, item: str) -> DictConfig:
+    """One `key=value` from the command line."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not key=value (e.g. schedule.factor=0.1)")
+    try:
+        dot = OmegaConf.from_dotlist([item])
+    except Exception as e:
+        raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+    reject_run_only_keys(dot, f"override '{item}'")
+    return _merge(cfg, dot, f"override '{item}'")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -308,6 +329,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("schedule.warmup=gradual needs schedule.warmup_steps > 0")
     if not cfg.models:
         raise ConfigError("models is empty; e.g. models=[resnet20,plain20]")
+    if not cfg.seeds:
+        raise ConfigError("seeds is empty; e.g. seeds=[0] or seeds=[0,1,2]")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds lists a seed twice: {list(cfg.seeds)}")
     from .models import check_name
     for name in cfg.models:
         check_name(name)

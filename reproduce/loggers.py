@@ -133,8 +133,11 @@ def say_offline(run_dir: Path) -> None:
         _told_offline = True
 
 
-def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, tags: List[str], config: dict):
-    """A WandbLogger whose run exists already (online, or offline after a failed online init)."""
+def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, tags: List[str], config: dict,
+                      already_logged: frozenset = frozenset()):
+    """A WandbLogger whose run exists already (online, or offline after a failed online init).
+    Values in `already_logged` ({(iteration, metric)}, from an earlier attempt of a resumed run)
+    are not sent again, so the run's history has each metric once per iteration."""
     mode = decide_mode(wcfg.mode)
     if mode == "disabled":
         return None
@@ -145,7 +148,13 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
 
     class IterationWandbLogger(WandbLogger):
         def log_metrics(self, metrics, step=None):
-            super().log_metrics(without_lightning_epoch(metrics), None if step is None else step + 1)
+            metrics = without_lightning_epoch(metrics)
+            iteration = None if step is None else step + 1
+            if iteration is not None and already_logged:
+                metrics = {k: v for k, v in metrics.items() if (iteration, k) not in already_logged}
+                if not metrics:
+                    return
+            super().log_metrics(metrics, iteration)
 
     def attempt(mode: str):
         logger = IterationWandbLogger(project=wcfg.project, entity=wcfg.entity, group=group, name=name, id=run_id,
@@ -168,3 +177,14 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
             mode = "offline"
     say_offline(run_dir)
     return attempt("offline")
+
+
+def backfill_wandb(wandb_logger, csv_path: Path, up_to: int, already_logged: frozenset) -> None:
+    """On resume, send W&B the rows of metrics.csv (up to the checkpoint's iteration) that its logs
+    lack: a SIGKILL loses what W&B had not flushed yet, while metrics.csv is flushed at each write."""
+    missing: Dict[int, Dict[str, float]] = {}
+    for r in read_rows(csv_path) if Path(csv_path).exists() else []:
+        if r["step"] <= up_to and (r["step"], r["metric"]) not in already_logged:
+            missing.setdefault(r["step"], {})[r["metric"]] = r["value"]
+    for iteration, metrics in sorted(missing.items()):
+        wandb_logger.log_metrics(metrics, step=iteration - 1)

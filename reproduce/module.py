@@ -1,7 +1,10 @@
 """ClassifierModule: cross-entropy, SGD, and the paper's error metrics.
 
 Training metrics accumulate on the device every step and are read (one host sync) only every
-`trainer.log_every` iterations, so logging costs nothing in the hot path.
+`trainer.log_every` iterations, so logging costs nothing in the hot path. They go to the loggers
+at once (`log_now`), so everything of iteration k is on disk before its checkpoint is written. Their accumulators are
+persistent (part of the checkpoint), so the first `train/err` after a resume averages the same
+iterations as in an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from .lightning import completes_step, iteration_in_progress, log_now
 
 
 class NonFiniteLoss(RuntimeError):
@@ -28,6 +33,8 @@ class ClassifierModule(pl.LightningModule):
         # non-finite loss is caught at the next log step instead (NonFiniteLoss)
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_err = MeanMetric(nan_strategy="disable")
+        self.train_loss.persistent(True)
+        self.train_err.persistent(True)
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
@@ -44,9 +51,9 @@ class ClassifierModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.train_loss.update(loss.detach())
         self.train_err.update((logits.detach().argmax(1) != y).float())
-        if self.trainer.fit_loop.epoch_loop._should_accumulate():
+        if not completes_step(self.trainer):
             return loss
-        step = self.global_step + 1  # the step this update completes
+        step = iteration_in_progress(self.trainer)
         if step % self.log_every == 0 or step == self.trainer.max_steps:
             loss_value, err = self.train_loss.compute(), self.train_err.compute() * 100
             self.train_loss.reset()
@@ -54,7 +61,7 @@ class ClassifierModule(pl.LightningModule):
             if not math.isfinite(float(loss_value)):
                 raise NonFiniteLoss(f"the training loss became {float(loss_value)} by iteration {step}")
             self.last_train_err = float(err)
-            self.log_dict({"train/loss": loss_value, "train/err": err}, on_step=True, on_epoch=False)
+            log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):

@@ -14,17 +14,21 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 import torch
 from omegaconf import OmegaConf
 
 from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
+from .callbacks.checkpoint import Fault, RunInterrupted
 from .config import to_dict
 from .data import build_datamodule
 from .data.cifar10 import DataError
-from .loggers import CSVMetrics, make_wandb_logger, read_metrics
+from .lightning import ignore_known_warnings
+from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger, read_metrics
 from .models import build, depth_of, is_residual
 from .module import ClassifierModule, NonFiniteLoss
+from .wandb_io import logged_in_wandb
 from .schedules import Schedule
 
 STATUS_FILE = "status.json"
@@ -94,9 +98,12 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     model_name = cfg.models[0]
     name = name or model_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_cb = AtomicCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every)
+    ckpt_cb = AtomicCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
+                               Fault.from_env(name))
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
-    resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] if ckpt_path else None
+    # mmap: only the header is read to learn the step; the tensors load later, inside fit
+    resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"] \
+        if ckpt_path else None
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -110,10 +117,10 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
                               dm.num_classes, dm.eval_splits)
     s = cfg.schedule
     lr_cb = LRSchedule(schedule, s.on_plateau, s.plateau_patience, s.plateau_threshold, s.max_drops)
-    callbacks = [lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), ckpt_cb,
-                 StopAtLastStep(), EvalLines(name)]
+    callbacks = [lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), StopAtLastStep(), EvalLines(name)]
     if cfg.trainer.noise_scale:
         callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
+    callbacks.append(ckpt_cb)  # last: a checkpoint holds what every other callback did in that step
 
     resolved = to_dict(cfg)
     if not resume or not (run_dir / "config.yaml").exists():
@@ -126,9 +133,14 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
                     "total_steps": schedule.total_steps, "env": environment()}
     tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
-    wb = make_wandb_logger(cfg.wandb, run_dir, name, group, run_id, tags, wandb_config)
+    # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already
+    # holds of them is not sent twice
+    already_logged = logged_in_wandb(run_dir) if resume else set()
+    wb = make_wandb_logger(cfg.wandb, run_dir, name, group, run_id, tags, wandb_config, already_logged)
     if wb is not None:
         loggers.append(wb)
+        if resume_step is not None and rank_zero_only.rank == 0:
+            backfill_wandb(wb, run_dir / "metrics.csv", resume_step, already_logged)
 
     accelerator = cfg.trainer.accelerator
     trainer = pl.Trainer(
@@ -148,15 +160,13 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     t0 = time.time()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(does not have many workers|TensorBoard|LeafSpec|isinstance.*LeafSpec).*")
+            ignore_known_warnings()
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
-        if ckpt_cb.stop_signal is not None:
-            status.update(status="interrupted", step=trainer.global_step,
-                          error=f"stopped by signal {ckpt_cb.stop_signal} at iteration {trainer.global_step}")
-        else:
-            status.update(status="done", step=trainer.global_step)
-            if trainer.is_global_zero:  # the whole test set, once, on rank 0
-                status["final_test_err"] = evaluate(module, dm.test_dataloader(), dm.normalize)
+        status.update(status="done", step=trainer.global_step)
+        if trainer.is_global_zero:  # the whole test set, once, on rank 0
+            status["final_test_err"] = evaluate(module, dm.test_dataloader(), dm.normalize)
+    except RunInterrupted as e:
+        status.update(status="interrupted", step=e.step, error=str(e))
     except NonFiniteLoss as e:
         status.update(status="failed", error=str(e), step=trainer.global_step)
     except DataError:

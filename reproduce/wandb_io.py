@@ -143,3 +143,18 @@ def summarize_wandb_file(path: str | Path) -> dict:
         elif kind == "artifact":
             out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type})
     return out
+
+
+def logged_in_wandb(run_dir: str | Path) -> set:
+    """{(iteration, metric)} already in the W&B transaction logs of a run directory (every
+    offline or online attempt of it), so a resumed run sends only what W&B does not hold yet.
+    A kill can cut the newest log mid-record; what precedes the cut counts."""
+    files = sorted(Path(run_dir).glob("wandb/*run-*/*.wandb"))
+    logged = set()
+    for path in files:
+        for row in summarize_wandb_file(path)["history"]:
+            step = row.get("trainer/global_step")
+            if step is None:
+                continue
+            logged.update((int(step), key) for key in row if not key.startswith("_") and key != "trainer/global_step")
+    return logged

@@ -20,11 +20,12 @@ def isolated_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def run_cli(*args, cwd=ROOT, timeout=600, env=None, check=True):
-    """`python -m reproduce ARGS` in a subprocess, as a user runs it."""
+def run_cli(*args, cwd=ROOT, timeout=600, env=None, check=True, new_session=False):
+    """`python -m reproduce ARGS` in a subprocess, as a user runs it. `new_session`: in its own
+    process group, as a batch job is (what a REPRODUCE_FAULT kill takes down with it)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "reproduce", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, start_new_session=new_session)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
     return proc

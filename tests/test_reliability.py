@@ -1,67 +1,10 @@
-"""Reliability tier: kill -9 and resume, failed runs inside a sweep, bad input as one line."""
+"""Reliability tier: finished runs skipped on resume, failed runs inside a sweep, bad input as one line.
+(Kill-and-resume exactness: test_resume.py.)"""
 import glob
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import torch
 
-from reproduce.loggers import read_rows
-from reproduce.wandb_io import summarize_wandb_file
-
-from .conftest import ROOT, run_cli
-
-# 40 iterations at batch 128 on synthetic data: slow enough (~0.3 s each) to be killed part-way.
-RUN = ["resnet", "--smoke", "models=[resnet20]", "data.batch_size=128", "schedule.ref_batch=128",
-       "schedule.max_steps=40", "schedule.milestones=[20,30]", "trainer.checkpoint_every=10",
-       "trainer.eval_every=10", "trainer.log_every=5", "trainer.deterministic=true"]
-
-
-def _weights(run_dir: Path):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-
-
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    run_cli(*RUN, f"out_dir={ref_dir}", timeout=300)
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "reproduce", *RUN, f"out_dir={cut_dir}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    csv_path = cut_dir / "resnet" / "resnet20" / "metrics.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if csv_path.exists() and any(r["step"] >= 25 for r in read_rows(csv_path)):
-            break
-        time.sleep(0.2)
-    time.sleep(2.5)  # wandb.flush_every_s=2: the offline log has been flushed since step 20
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: as a preempted job
-    proc.wait()
-    killed_at = max(r["step"] for r in read_rows(csv_path))
-    assert 25 <= killed_at < 40, "the kill must land part-way through"
-    wandb_files = glob.glob(str(cut_dir / "resnet" / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))
-    logged = summarize_wandb_file(wandb_files[0])["history"]
-    assert max(r.get("trainer/global_step", 0) for r in logged) >= 20  # W&B kept what it got before the kill
-
-    run_cli("resnet", "--resume", cut_dir, timeout=300)
-
-    ref_run, cut_run = ref_dir / "resnet" / "resnet20", cut_dir / "resnet" / "resnet20"
-    ref_w, cut_w = _weights(ref_run), _weights(cut_run)
-    assert ref_w.keys() == cut_w.keys()
-    for k in ref_w:
-        assert torch.equal(ref_w[k], cut_w[k]), k  # bit-identical on CPU with deterministic=true
-    ref_rows = [(r["step"], r["metric"]) for r in read_rows(ref_run / "metrics.csv")]
-    cut_rows = [(r["step"], r["metric"]) for r in read_rows(cut_run / "metrics.csv")]
-    assert cut_rows == ref_rows  # no gap, no duplicate step
-    ref_vals = {(r["step"], r["metric"]): r["value"] for r in read_rows(ref_run / "metrics.csv")}
-    cut_vals = {(r["step"], r["metric"]): r["value"] for r in read_rows(cut_run / "metrics.csv")}
-    assert cut_vals == pytest.approx(ref_vals)
-    ids = {Path(f).name for f in glob.glob(str(cut_run / "wandb" / "offline-run-*" / "*.wandb"))}
-    assert len(ids) == 1 and len(glob.glob(str(cut_run / "wandb" / "offline-run-*"))) == 2  # same run id, resumed
+from .conftest import run_cli
 
 
 def test_finished_runs_are_skipped_on_resume(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from ..lightning import completes_step, log_now
 from ..schedules import Schedule
 
 
@@ -31,12 +32,12 @@ class BatchScaling(pl.Callback):
             raise RuntimeError(f"effective batch {got} at step {step} != scheduled {want}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if not completes_step(trainer):
             return
         step = trainer.global_step  # already advanced: this is the step just taken, 1-based
         if step % self.log_every and step != trainer.max_steps:
             return
         # the lr the optimizer actually used for this step, and the batch the loader delivered
         lr, b = trainer.optimizers[0].param_groups[0]["lr"], self.schedule.batch_size(step - 1)
-        pl_module.log_dict({"lr": lr, "batch_size": float(b), "temperature": lr / b,
-                            "epoch": self.schedule.examples(step) / self.datamodule.train_size}, on_step=True, on_epoch=False)
+        log_now(trainer, {"lr": lr, "batch_size": float(b), "temperature": lr / b,
+                          "epoch": self.schedule.examples(step) / self.datamodule.train_size}, step)

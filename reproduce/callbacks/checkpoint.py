@@ -1,23 +1,114 @@
-"""Atomic checkpoints every N iterations, at the end, and when SIGTERM/SIGINT arrives.
+"""Atomic checkpoints at step boundaries, a clean stop on SIGTERM/SIGINT, and a fault hook.
 
-The checkpoint is written to a temporary file and renamed over `last.ckpt` (os.replace is
-atomic on POSIX), so a kill during the write leaves the previous checkpoint intact.
+A checkpoint holds everything that decides the rest of a run: weights, optimizer, the callbacks'
+state (plateau drops, warmup end, noise-scale averages), the training-metric accumulators
+(persistent torchmetrics states) and Lightning's loop counters. The data position needs no
+state: batches and augmentation are pure functions of (seed, iteration).
+
+It is written at a *step boundary*: after iteration k has trained and, when k is an evaluation
+iteration, after that evaluation has been logged (in `on_validation_end`, the point at which
+Lightning's own restart logic expects a checkpoint of an evaluated step). A resumed run therefore
+starts at iteration k + 1 with nothing of iteration k left to redo or skip. The file is written
+to a temporary name and renamed over `last.ckpt` (os.replace is atomic on POSIX), so a kill
+during the write leaves the previous checkpoint intact.
+
+A SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) is acted on at the next step boundary: the
+checkpoint is written there and the run stops by raising `RunInterrupted`, which skips
+Lightning's stop-time evaluation and logging, so no off-schedule row reaches the logs.
+
+Fault injection for the resume tests: `REPRODUCE_FAULT=SIGNAL:POINT:K[:RUN]` makes the run send
+itself SIGNAL (`kill` = SIGKILL, `term` = SIGTERM) at POINT of iteration K: `step` (right after
+the optimizer step of K, before its evaluation and checkpoint), `eval` (during the evaluation at
+K) or `checkpoint` (right after the checkpoint of K is written). RUN restricts it to the run of
+that name in a sweep. Faults land at an iteration, never at a wall-clock moment.
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
+
+from ..config import ConfigError
+from ..lightning import completes_step
 
 LAST = "last.ckpt"
+FAULT_ENV = "REPRODUCE_FAULT"
+FAULT_POINTS = ("step", "eval", "checkpoint")
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+
+
+class RunInterrupted(Exception):
+    """A signal stopped the run at a step boundary, after its checkpoint was written."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at iteration {step}")
+        self.signum, self.step = signum, step
+
+
+@dataclass(frozen=True)
+class Fault:
+    signum: int
+    point: str
+    step: int
+
+    @staticmethod
+    def spec_parts() -> Optional[list]:
+        """The REPRODUCE_FAULT fields, checked (the CLI calls this before anything runs)."""
+        spec = os.environ.get(FAULT_ENV, "")
+        if not spec:
+            return None
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in FAULT_SIGNALS or parts[1] not in FAULT_POINTS \
+                or not parts[2].isdigit():
+            raise ConfigError(f"{FAULT_ENV}={spec!r}: expected SIGNAL:POINT:K[:RUN] with SIGNAL in "
+                              f"{'/'.join(FAULT_SIGNALS)}, POINT in {'/'.join(FAULT_POINTS)}, e.g. kill:step:12")
+        return parts
+
+    @classmethod
+    def from_env(cls, run_name: str) -> Optional["Fault"]:
+        parts = cls.spec_parts()
+        if parts is None or (len(parts) == 4 and parts[3] != run_name):
+            return None
+        return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]))
+
+    def fire(self, point: str, step: int) -> None:
+        if point != self.point or step != self.step:
+            return
+        if self.signum == signal.SIGKILL:
+            # as a preempted job: the run's helper processes (W&B's service) die with it, so
+            # nothing of this attempt writes after the kill
+            for pid in _descendants(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+        os.kill(os.getpid(), self.signum)
+
+
+def _descendants(pid: int) -> list:
+    """Child processes of `pid`, and theirs (Linux /proc)."""
+    children: dict = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class AtomicCheckpoint(pl.Callback):
-    def __init__(self, dirpath: str | Path, every_n_steps: int):
-        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
+    def __init__(self, dirpath: str | Path, every_n_steps: int, eval_every: int, fault: Optional[Fault] = None):
+        self.dirpath, self.every_n_steps, self.eval_every = Path(dirpath), every_n_steps, eval_every
+        self.fault = fault
         self.stop_signal: int | None = None
         self._previous_handlers = {}
 
@@ -34,29 +125,59 @@ class AtomicCheckpoint(pl.Callback):
             os.replace(tmp, self.last_path)
 
     def _on_signal(self, signum, frame):
-        self.stop_signal = signum  # acted on at the end of the current step
+        self.stop_signal = signum  # acted on at the next step boundary
 
     def on_train_start(self, trainer, pl_module):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
+    def _fire(self, point: str, step: int) -> None:
+        if self.fault is not None:
+            self.fault.fire(point, step)
+
+    def _evaluates(self, trainer, step: int) -> bool:
+        return step % self.eval_every == 0 or step >= trainer.max_steps
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if not completes_step(trainer):
             return
-        stop = self.stop_signal is not None
-        if stop or trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        self._fire("step", step)
+        if not self._evaluates(trainer, step):
+            self._step_boundary(trainer, step)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            self._fire("eval", trainer.global_step)  # mid-evaluation: one batch done, the rest not
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._step_boundary(trainer, trainer.global_step)
+
+    def _stop_requested(self, trainer) -> bool:
+        local = self.stop_signal is not None
+        if trainer.world_size == 1:
+            return local
+        return trainer.strategy.reduce_boolean_decision(local, all=False)  # one rank's signal stops all
+
+    def _step_boundary(self, trainer, step: int) -> None:
+        if step >= trainer.max_steps:
+            return  # the run is complete: on_train_end writes the final checkpoint
+        stop = self._stop_requested(trainer)
+        if stop or step % self.every_n_steps == 0:
             self.save(trainer)
+            self._fire("checkpoint", step)
         if stop:
-            trainer.should_stop = True
+            raise RunInterrupted(self.stop_signal or signal.SIGTERM, step)
 
     def on_train_end(self, trainer, pl_module):
         self.save(trainer)
         self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception):
-        # The state after an exception (a NaN loss, say) is not worth keeping: the last periodic
-        # checkpoint stays as it was.
+        # After an exception (a NaN loss, a signal) the last checkpoint written at a step boundary
+        # is the one to resume from: nothing is saved here.
         self._restore_handlers()
 
     def _restore_handlers(self):

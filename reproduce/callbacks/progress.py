@@ -22,7 +22,8 @@ class EvalLines(pl.Callback):
         m, step, total = trainer.callback_metrics, trainer.global_step, trainer.max_steps
         rate = (step - self.step0) / max(time.monotonic() - self.t0, 1e-9)
         eta = (total - step) / rate if rate > 0 else float("nan")
-        parts = [f"{k} {float(m[k]):.2f}" for k in ("train/err", "val/err", "test/err") if k in m]
+        parts = [f"train/err {pl_module.last_train_err:.2f}"] if pl_module.last_train_err is not None else []
+        parts += [f"{k} {float(m[k]):.2f}" for k in ("val/err", "test/err") if k in m]
         print(f"{self.name:>12}  iteration {step:>6}/{total}  {'  '.join(parts)}  ({rate:.1f} it/s, ETA {eta / 60:.1f} min)",
               file=sys.stderr, flush=True)
 

@@ -7,7 +7,9 @@ in `on_after_batch_transfer`.
 
 The order of batches is a pure function of (seed, step, batch-size schedule), so a resumed run
 continues with exactly the batches an uninterrupted one would have seen: the loader is rebuilt
-from `trainer.global_step`, no iterator state to save.
+from `trainer.global_step`, no iterator state to save. To Lightning the whole run is one epoch of
+`total_steps x accumulate` micro-batches; a resumed run's loader keeps that length and starts
+where the checkpoint left off, which is how Lightning counts a restored mid-epoch position.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import math
 import pytorch_lightning as pl
 import torch
 
+from ..lightning import micro_batch_index
 from ..schedules import Schedule
 from .augment import random_crop_flip, step_generator
 from .cifar10 import load_cifar10
@@ -65,7 +68,9 @@ class TrainBatches:
         self.start_step, self.accumulate, self.rank, self.world = start_step, accumulate, rank, world
 
     def __len__(self) -> int:
-        return (self.schedule.total_steps - self.start_step) * self.accumulate
+        # the whole run, not what is left of it: Lightning restores how many micro-batches of the
+        # epoch were done and ends the epoch at this length
+        return self.schedule.total_steps * self.accumulate
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -196,7 +201,7 @@ class ArrayDataModule(pl.LightningDataModule):
         x = self.normalize(x)
         if self.trainer is not None and self.trainer.training and self.cfg.augment:
             # global_step and the micro-batch index make each draw unique and replayable
-            step = self.trainer.global_step * self.accumulate + (self.trainer.fit_loop.epoch_loop.batch_idx % self.accumulate)
+            step = self.trainer.global_step * self.accumulate + micro_batch_index(self.trainer)
             g = step_generator(self.seed * 7 + self.trainer.global_rank, step, x.device)
             x = random_crop_flip(x, g)
         return x, y

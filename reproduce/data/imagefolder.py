@@ -4,7 +4,13 @@ Training augmentation as in Section 3.4 of He et al. 2015: the shorter side resi
 [256, 480] (scale augmentation), a 224x224 crop and its horizontal flip, the mean subtracted,
 optionally the standard colour augmentation (Krizhevsky et al. 2012's PCA lighting noise).
 Validation: shorter side 256, centre 224 crop. Decoding runs in `data.workers` processes per
-device; Lightning adds the DistributedSampler under DDP.
+device.
+
+Resuming is exact here too: the training loader is `ImageBatches`, whose order is a pure function
+of (seed, epoch) and whose position comes from the restored iteration, and each image's random
+augmentation is seeded by (seed, epoch, image), whichever worker decodes it. Each rank reads its
+own slice of every epoch's permutation (the loader shards itself; Lightning's DistributedSampler
+applies to the validation loader only).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms as T
 
 from .cifar10 import DataError
@@ -58,6 +64,62 @@ def imagenet_transforms(crop: int, scale_low: int, scale_high: int, val_resize: 
     return T.Compose(train), T.Compose(val)
 
 
+class SeededItems(Dataset):
+    """`dataset[index]` with the global RNG seeded by (seed, epoch, index) for its transforms, so
+    an image's crop, scale and flip are the same in a resumed run; the caller's RNG is untouched."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch * 2_000_029 + index) % (2 ** 63))
+            return self.dataset[index]
+
+
+class ImageBatches:
+    """This rank's micro-batches for iterations `start_step + 1 .. total_steps`, decoded by a
+    DataLoader per epoch. Epoch e is the permutation seeded by (seed, e); rank r takes every
+    world-th image of it and drops the last partial batch, as DistributedSampler(drop_last) does.
+    Like `TrainBatches`, its length is the whole run (Lightning restores the position)."""
+
+    def __init__(self, dataset, batch: int, seed: int, start_step: int, total_steps: int, accumulate: int = 1,
+                 rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False):
+        self.dataset, self.batch, self.seed = dataset, batch, seed
+        self.start_step, self.total_steps, self.accumulate = start_step, total_steps, accumulate
+        self.rank, self.world, self.workers, self.pin_memory = rank, world, workers, pin_memory
+        self.per_epoch = len(dataset) // world // batch
+        if self.per_epoch == 0:
+            raise DataError(f"{len(dataset)} training images are fewer than one batch of {batch} per device "
+                            f"x {world} devices")
+
+    def __len__(self) -> int:
+        return self.total_steps * self.accumulate
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        mine = torch.randperm(len(self.dataset), generator=g)[self.rank::self.world]
+        return mine[: self.per_epoch * self.batch]
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start_step * self.accumulate, self.per_epoch)
+        left = (self.total_steps - self.start_step) * self.accumulate
+        items = SeededItems(self.dataset, self.seed)
+        while left > 0:
+            order = self.epoch_order(epoch)[offset * self.batch:]
+            keys = [(int(i), epoch) for i in order[: left * self.batch]]
+            loader = DataLoader(items, batch_size=self.batch, sampler=keys, drop_last=True,
+                                num_workers=self.workers, pin_memory=self.pin_memory)
+            for batch in loader:
+                yield batch
+                left -= 1
+            epoch, offset = epoch + 1, 0
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     eval_splits = ("val",)
 
@@ -92,10 +154,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self.schedule.batch_size(0) // (world * self.accumulate)
 
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self._per_device_batch(), shuffle=True, drop_last=True,
-                          num_workers=self.cfg.workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.cfg.workers > 0, generator=g)
+        t = self.trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+        start = t.global_step if t is not None else 0
+        return ImageBatches(self.train_set, self._per_device_batch(), self.seed, start, self.schedule.total_steps,
+                            self.accumulate, rank, world, self.cfg.workers, torch.cuda.is_available())
 
     def val_dataloader(self):
         return [DataLoader(self.val_set, batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,

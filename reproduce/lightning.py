@@ -1,0 +1,61 @@
+"""Every use of a Lightning internal, and the package's step-counting rule, in one place.
+
+Checked against pytorch-lightning 2.4 - 2.6 (setup.cfg bounds it below 2.7): the private names
+used here are `fit_loop.epoch_loop._should_accumulate()` and `fit_loop.epoch_loop.batch_idx`.
+If a Lightning release renames them, this module is the one to change, and the resume tests
+(tests/test_resume.py) are the ones that notice.
+
+Step counting. Lightning's `trainer.global_step` counts optimizer steps already taken. Inside
+`training_step` (before the update) the step being computed is `global_step + 1`; in
+`on_train_batch_end` and in validation (after the update) `global_step` is that same step. The
+package calls an optimizer step an *iteration* and numbers them from 1, as the paper's x-axis
+does, so every metric carries the iteration it was measured after.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytorch_lightning as pl
+
+# Lightning's advice that does not apply here: our loaders are in-memory iterables (no workers),
+# we log to CSV and W&B (no TensorBoard), and torch's LeafSpec deprecation comes from inside it.
+IGNORED_WARNINGS = r".*(does not have many workers|TensorBoard|LeafSpec|litlogger|Encountered `nan`|anonymous setting).*"
+
+
+def ignore_known_warnings() -> None:
+    warnings.filterwarnings("ignore", message=IGNORED_WARNINGS)
+
+
+def completes_step(trainer: pl.Trainer) -> bool:
+    """True in a training hook when the current micro-batch is the last of its optimizer step
+    (always, without gradient accumulation)."""
+    return not trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def iteration_in_progress(trainer: pl.Trainer) -> int:
+    """The 1-based iteration that `training_step` is computing (before the optimizer step)."""
+    return trainer.global_step + 1
+
+
+def micro_batch_index(trainer: pl.Trainer) -> int:
+    """Which micro-batch of the current optimizer step this is (0 .. accumulate - 1)."""
+    return trainer.fit_loop.epoch_loop.batch_idx % trainer.accumulate_grad_batches
+
+
+def logger_step(iteration: int) -> int:
+    """Lightning's loggers receive a 0-based step (batches stepped before this one); ours write
+    the iteration, so a logger adds 1 (see `loggers.py`) and a direct call passes this."""
+    return iteration - 1
+
+
+def log_now(trainer: pl.Trainer, metrics: dict, iteration: int) -> None:
+    """Write training-time metrics to every logger now, at `iteration` (rank 0 only).
+
+    Not `self.log(on_step=True)`: Lightning writes those after `on_train_batch_end` (so after a
+    checkpoint taken there), and re-sends the last value of every such metric at each later log
+    step and when the trainer stops, which put stale and duplicate rows in the curves.
+    Evaluation metrics still go through `self.log`; Lightning writes them before
+    `on_validation_end`, where the checkpoint of an evaluated iteration is taken."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=logger_step(iteration))
