@@ -9,7 +9,6 @@ them when the batch changes (see `schedules.py`).
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -19,12 +18,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
+from .models import check_name
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("paper", "quick", "smoke")
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration or the command line; printed as one line."""
 
 
 @dataclass
@@ -333,7 +331,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("seeds is empty; e.g. seeds=[0] or seeds=[0,1,2]")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds lists a seed twice: {list(cfg.seeds)}")
-    from .models import check_name
     for name in cfg.models:
         check_name(name)
     for name in cfg.per_model:

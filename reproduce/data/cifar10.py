@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
@@ -19,10 +21,6 @@ TEST_FILE = "test_batch"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 HOW_TO = ("provide it with `python ../shared/data/make_cifar10.py ROOT` (this project's copy) or by "
           "unpacking cifar-10-python.tar.gz into ROOT, then pass data.root=ROOT")
-
-
-class DataError(RuntimeError):
-    """Missing or broken data; printed as one line naming the file."""
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import re
 
 from torch import nn
 
+from ..errors import ConfigError
 from . import cifar, imagenet
 from .cifar import BasicBlock, CifarNet, plain, resnet  # noqa: F401
 
@@ -18,7 +19,6 @@ _CIFAR = re.compile(r"^(?:cifar_)?(resnet|plain)(\d+)$")
 
 def check_name(name: str) -> None:
     """Raise a one-line ConfigError unless `name` is a model `build` can make."""
-    from ..config import ConfigError
     if name in imagenet.MODELS:
         return
     m = _CIFAR.match(name)
