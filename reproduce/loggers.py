@@ -116,7 +116,10 @@ def has_wandb_login() -> bool:
 
 def wandb_installed() -> bool:
     import importlib.util
-    return importlib.util.find_spec("wandb") is not None
+    try:
+        return importlib.util.find_spec("wandb") is not None
+    except ImportError:  # a finder that refuses it
+        return False
 
 
 _told_missing = False
