@@ -249,7 +249,8 @@ class Check:
         self.log(f"data: {self.result['phases']['data']}")
 
     def phase_bench(self) -> None:
-        cap = min(self.left() * 0.35, 90 if self.smoke else 170)
+        # the smoke run must not depend on the machine's speed: it is cut only by the whole budget
+        cap = self.left() * 0.5 if self.smoke else min(self.left() * 0.35, 170)
         path = self.work / "bench.json"
         if self.smoke:
             args = ["--models", "resnet8", "--batch", "16", "--variants", "fp32", "bf16", "--warmup", "1", "--steps", "3",
@@ -303,7 +304,8 @@ class Check:
         model = "resnet8" if self.smoke else "resnet20"
         window = max(self.left() * 0.5, 1.0)  # the other half for the sweep and the report
         startup = 5 if self.smoke else (90 if "compiled" in variant else 20)
-        plan = plan_schedule((window - startup) * rate / 1.3, full)  # 1.3: two or three runs share the device
+        fit = (window - startup) * rate / 1.3  # 1.3: two or three runs share the device
+        plan = plan_schedule(math.inf if self.smoke else fit, full)  # smoke: always the same tiny runs
         self.result["phases"]["resnet20"] = {"variant": variant, "bench_it_per_s": round(rate, 1),
                                              "window_s": round(window), "plan": plan, "runs": {}}
         if plan["scaled"]:
@@ -366,7 +368,7 @@ class Check:
         startup = (max(firsts) if firsts else 10) * (1 if self.smoke else 2.5)  # deeper nets compile longer
         work_per_step = sum(depth(m) for m in models) / depth(models[-1] if self.smoke else "resnet20")
         fit = (window - startup) * throughput / work_per_step / 1.2
-        plan = plan_schedule(fit, full)
+        plan = plan_schedule(math.inf if self.smoke else fit, full)
         parallel = min(self.args.parallel, len(models))
         self.result["phases"]["sweep"] = {"models": models, "parallel": parallel, "variant": self.variant,
                                           "window_s": round(window), "throughput_r20_it_per_s": round(throughput, 1),
