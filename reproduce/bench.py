@@ -1,23 +1,33 @@
-"""`python scripts/bench.py` / `python -m reproduce bench`: training-step speed, three ways, one run.
+"""`python -m reproduce bench` (or `python scripts/bench.py`): the speed of the path users run.
 
-For ResNet-20 and ResNet-56 at batch 128 (data already in memory, augmentation included):
-  plain    a hand-written PyTorch loop: index a batch, normalise, crop/flip, forward, backward,
-           SGD step; the same model, the same math, no framework (the reference);
-  package  this package's Lightning path (Trainer, ClassifierModule, the DataModule, callbacks,
-           loggers) with its defaults;
-  fastest  the package with its fastest settings for the device (bf16 autocast and torch.compile
-           on a GPU; on a CPU, compile when --compile is given).
-Each is timed over several repeats after a warm-up; the median and the spread (min-max) are
-printed in images/s, with the ratio package/plain. The data pipeline (index, normalise, augment)
-is also timed on its own, against the rate the model consumes images.
+Two ways of training the same model on the same in-memory data, with the same augmentation and SGD:
+  plain    a hand-written PyTorch loop (index a batch, normalise, crop/flip, forward, backward,
+           SGD step): the reference, no framework;
+  package  `reproduce.train.run_one` itself, exactly as the CLI calls it: Trainer, DataModule, every
+           callback (lr schedule, batch check, atomic checkpoint, evaluation lines), the CSV logger
+           and W&B (offline; off when wandb is not installed).
+Each variant (fp32 | bf16 autocast, eager | torch.compile) is timed over `--repeats` repeats,
+plain and package interleaved (a plain repeat, then a package repeat, ...), so a slow spell of a
+shared machine hits both; each package repeat is one `run_one` call whose steps `warmup` ..
+`warmup + steps` are timed from inside `fit` (a callback that synchronises the device at the two
+marks only). The ratio package/plain is taken per pair of repeats; the median, min and max are
+reported, in images/s.
+
+Per-step host overhead: on a tiny model (resnet8, batch 2, 1 thread) the device work is small, so
+what the framework adds per step shows. It is the marginal time per iteration between two run
+lengths, (T(L2) - T(L1)) / (L2 - L1), of whole `run_one` calls (setup, W&B, final evaluation and
+everything else that does not grow with the run cancels) minus the same for the plain loop.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -25,173 +35,296 @@ import torch.nn.functional as F
 
 from .data.augment import random_crop_flip, step_generator
 
+# name -> (Lightning precision, torch.compile)
+VARIANTS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False),
+            "fp32-compiled": ("32-true", True), "bf16-compiled": ("bf16-mixed", True)}
 
-def _sync(device):
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def synthetic_cifar(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return x.to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+def summary(values: list[float]) -> dict:
+    med = statistics.median(values)
+    return {"median": med, "min": min(values), "max": max(values),
+            "spread_pct": 100 * (max(values) - min(values)) / (2 * med) if med else 0.0, "values": values}
 
 
-def bench_plain(model_name: str, x, y, batch: int, warmup: int, steps: int, repeats: int, device,
-                bf16: bool = False, compile: bool = False) -> list[float]:
-    from .models import build
-    model = build(model_name).to(device).to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    mean = x[:4096].float().mean(0) / 255
-    n = len(y)
+# --------------------------------------------------------------------------------------------
+# the plain loop
 
-    def step(i):
-        idx = torch.randint(0, n, (batch,), device=device)
-        xb = x[idx].float().div_(255).sub_(mean)
-        xb = random_crop_flip(xb, step_generator(0, i, device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
+
+class PlainLoop:
+    """The reference: the package's model, data, augmentation and SGD without any framework."""
+
+    def __init__(self, model_name: str, arrays, batch: int, device: torch.device, precision: str,
+                 compile_mode: str | None, seed: int = 0):
+        from .models import build
+        train_x, train_y = arrays[0], arrays[1]
+        self.x, self.y = train_x.to(device), train_y.to(device)
+        self.mean = (self.x.double().mean(0).float() / 255).to(device)
+        self.batch, self.device, self.seed, self.i = batch, device, seed, 0
+        self.bf16 = precision.startswith("bf16")
+        model = build(model_name).to(device).to(memory_format=torch.channels_last)
+        self.model = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        self.perm = torch.randperm(len(self.y), device=device)
+
+    def step(self) -> None:
+        n = len(self.y)
+        start = (self.i * self.batch) % (n - self.batch + 1)
+        idx = self.perm[start:start + self.batch]
+        xb = self.x[idx].float().div_(255).sub_(self.mean)
+        xb = random_crop_flip(xb, step_generator(self.seed, self.i, self.device))
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.model(xb), self.y[idx])
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
+        self.i += 1
 
-    for i in range(warmup):
-        step(i)
-    rates = []
-    for r in range(repeats):
-        _sync(device)
+    def run(self, steps: int) -> float:
+        """Seconds for `steps` steps, the device synchronised at both ends."""
+        _sync(self.device)
         t0 = time.perf_counter()
-        for i in range(steps):
-            step(warmup + r * steps + i)
-        _sync(device)
-        rates.append(batch * steps / (time.perf_counter() - t0))
-    return rates
+        for _ in range(steps):
+            self.step()
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 
-class StepTimer(pl.Callback):
-    """Images/s over windows of `steps` optimizer steps after `warmup` steps."""
+# --------------------------------------------------------------------------------------------
+# the package: run_one, timed from inside fit
 
-    def __init__(self, batch: int, warmup: int, steps: int, device):
-        self.batch, self.warmup, self.steps, self.device = batch, warmup, steps, device
-        self.rates, self.t0 = [], None
+
+class WindowTimer(pl.Callback):
+    """Seconds between the starts of optimizer steps `start` and `stop` (device synchronised there only)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.t0 = self.seconds = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        k = trainer.global_step
-        if k >= self.warmup and (k - self.warmup) % self.steps == 0:
-            _sync(self.device)
-            now = time.perf_counter()
-            if self.t0 is not None:
-                self.rates.append(self.batch * self.steps / (now - self.t0))
-            self.t0 = now
+        if trainer.global_step not in (self.start, self.stop):
+            return
+        _sync(pl_module.device)
+        if trainer.global_step == self.start:
+            self.t0 = time.perf_counter()
+        else:
+            self.seconds = time.perf_counter() - self.t0
 
 
-def bench_package(model_name: str, arrays, batch: int, warmup: int, steps: int, repeats: int, device,
-                  fastest: bool, compile: bool, tmpdir: str) -> list[float]:
-    from .callbacks import BatchScaling, LRSchedule
-    from .config import compose
-    from .data.datamodule import ArrayDataModule
-    from .models import build
+@contextlib.contextmanager
+def extra_callbacks(callbacks: list):
+    """Attach callbacks to every ClassifierModule through Lightning's own `configure_callbacks` hook,
+    so `run_one` runs unchanged with the timer beside its callbacks."""
     from .module import ClassifierModule
-    from .schedules import Schedule
-    cfg = compose("resnet", "paper", [f"data.batch_size={batch}", "data.dataset=synthetic", "wandb.mode=disabled"])
-    total = warmup + steps * repeats + 1
-    schedule = Schedule(lr=0.1, ref_batch=batch, batch_size=batch, milestones=[], max_steps=total)
-    dm = ArrayDataModule(cfg.data, schedule, seed=0, arrays=arrays)
-    model = build(model_name)
-    if compile:
-        model = torch.compile(model)
-    module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, channels_last=True)
-    timer = StepTimer(batch, warmup, steps, device)
-    lr_cb = LRSchedule(schedule)
-    precision = "bf16-mixed" if (fastest and device.type == "cuda") else "32-true"
-    trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=total, precision=precision,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         log_every_n_steps=cfg.trainer.log_every, benchmark=device.type == "cuda",
-                         callbacks=[lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), timer],
-                         default_root_dir=tmpdir)
-    trainer.fit(module, datamodule=dm)
-    return timer.rates[:repeats]
+    own = ClassifierModule.__dict__.get("configure_callbacks")
+    ClassifierModule.configure_callbacks = lambda self: list(callbacks)
+    try:
+        yield
+    finally:
+        if own is None:
+            del ClassifierModule.configure_callbacks
+        else:
+            ClassifierModule.configure_callbacks = own
 
 
-def bench_pipeline(x, y, batch: int, steps: int, device) -> float:
-    mean = x[:4096].float().mean(0) / 255
-    n = len(y)
+def package_config(model_name: str, batch: int, total_steps: int, variant: str, wandb_mode: str,
+                   threads: int | None = None, data: list[str] = ()):
+    """The CLI's config (paper profile) for a run of `total_steps` iterations at `batch`."""
+    from .config import compose
+    precision, compiled = VARIANTS[variant]
+    overrides = [f"models=[{model_name}]", f"data.batch_size={batch}", f"schedule.ref_batch={batch}",
+                 f"schedule.max_steps={total_steps}", "schedule.milestones=[]", f"trainer.precision={precision}",
+                 f"trainer.compile={str(compiled).lower()}", f"wandb.mode={wandb_mode}", "trainer.progress=false",
+                 *([f"trainer.threads={threads}"] if threads else []), *(data or ["data.dataset=synthetic"])]
+    return compose("resnet", "paper", overrides)
+
+
+def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
+    """Wall seconds of one `run_one` call (the whole call: setup, fit, final evaluation, W&B)."""
+    from .train import run_one
+    t0 = time.perf_counter()
+    with extra_callbacks([timer] if timer else []):
+        status = run_one(cfg, run_dir, group="bench", name=run_dir.name)
+    seconds = time.perf_counter() - t0
+    if status["status"] != "done":
+        raise RuntimeError(f"run_one ended '{status['status']}': {status.get('error')}")
+    return seconds
+
+
+def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
+                  repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
+    """Plain and package, `repeats` interleaved pairs; images/s of each and their ratio per pair."""
+    from .train import compile_mode_for
+    precision, compiled = VARIANTS[variant]
+    plain = PlainLoop(model_name, arrays, batch, device, precision,
+                      compile_mode_for("auto", device.type) if compiled else None)
+    plain.run(warmup)
+    plain_rates, package_rates = [], []
+    for r in range(repeats):
+        plain_rates.append(batch * steps / plain.run(steps))
+        cfg = package_config(model_name, batch, warmup + steps + 1, variant, wandb_mode, data=data)
+        timer = WindowTimer(warmup, warmup + steps)
+        run_package(cfg, tmp / f"{model_name}-{variant}-{r}", timer)
+        package_rates.append(batch * steps / timer.seconds)
+    ratios = [p / q for p, q in zip(package_rates, plain_rates)]
+    return {"plain": summary(plain_rates), "package": summary(package_rates), "ratio": summary(ratios)}
+
+
+def bench_overhead(lengths: tuple[int, int], repeats: int, device: torch.device, wandb_mode: str, tmp: Path,
+                   model_name: str = "resnet8", batch: int = 2, threads: int = 1) -> dict:
+    """Per-step host overhead (ms): marginal time per iteration of run_one minus the plain loop's."""
+    from .data.datamodule import load_arrays
+    short, long_ = lengths
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    seconds = {"plain": {str(short): [], str(long_): []}, "package": {str(short): [], str(long_): []}}
+    try:
+        for r in range(repeats):
+            for n in (short, long_):
+                cfg = package_config(model_name, batch, n, "fp32", wandb_mode, threads=threads)
+                t0 = time.perf_counter()
+                PlainLoop(model_name, load_arrays(cfg.data), batch, device, "32-true", None).run(n)
+                seconds["plain"][str(n)].append(time.perf_counter() - t0)
+                seconds["package"][str(n)].append(run_package(cfg, tmp / f"overhead-{n}-{r}"))
+    finally:
+        torch.set_num_threads(before)
+    out = {"model": model_name, "batch": batch, "threads": threads, "lengths": [short, long_], "seconds": seconds}
+    for path in ("plain", "package"):
+        s = seconds[path]
+        out[f"{path}_ms_per_step"] = [1000 * (b - a) / (long_ - short) for a, b in zip(s[str(short)], s[str(long_)])]
+    out["overhead_ms"] = summary([p - q for p, q in zip(out["package_ms_per_step"], out["plain_ms_per_step"])])
+    return out
+
+
+def bench_pipeline(arrays, batch: int, steps: int, device: torch.device) -> float:
+    """Images/s of the data pipeline alone (index, normalise, crop/flip on the device)."""
+    x, y = arrays[0].to(device), arrays[1].to(device)
+    mean = x.double().mean(0).float() / 255
     _sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        idx = torch.randint(0, n, (batch,), device=device)
-        xb = random_crop_flip(x[idx].float().div_(255).sub_(mean), step_generator(0, i, device))
-        _ = y[idx]
+        idx = torch.randint(0, len(y), (batch,), device=device)
+        random_crop_flip(x[idx].float().div_(255).sub_(mean), step_generator(0, i, device))
     _sync(device)
     return batch * steps / (time.perf_counter() - t0)
 
 
-def _summary(rates: list[float]) -> dict:
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "repeats": len(rates)}
+def _write(report: dict, path: str | None) -> None:
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(path)
+
+
+def _print_table(report: dict) -> None:
+    print(f"device: {report['device']}, batch {report['batch']}, torch {report['torch']}, W&B {report['wandb_mode']}; "
+          f"images/s, median (min-max) of {report['repeats']} interleaved repeats x {report['steps']} steps "
+          f"after {report['warmup']} warm-up steps")
+    print(f"{'model':10} {'variant':14} {'plain loop':>22} {'package (run_one)':>22} {'package/plain':>22}")
+    for name, variants in report["models"].items():
+        for variant, e in variants.items():
+            if "error" in e:
+                print(f"{name:10} {variant:14} failed: {e['error']}")
+                continue
+            cells = [f"{e[k]['median']:.0f} ({e[k]['min']:.0f}-{e[k]['max']:.0f})" for k in ("plain", "package")]
+            ratio = f"{e['ratio']['median']:.3f} ({e['ratio']['min']:.3f}-{e['ratio']['max']:.3f})"
+            print(f"{name:10} {variant:14} {cells[0]:>22} {cells[1]:>22} {ratio:>22}")
+    o = report.get("overhead")
+    if o:
+        p, q = statistics.median(o["plain_ms_per_step"]), statistics.median(o["package_ms_per_step"])
+        h = o["overhead_ms"]
+        print(f"per-step host overhead ({o['model']}, batch {o['batch']}, {o['threads']} thread, marginal time per "
+              f"iteration between {o['lengths'][0]} and {o['lengths'][1]} iterations): plain {p:.2f} ms, package "
+              f"{q:.2f} ms, overhead {h['median']:.2f} ms (min {h['min']:.2f}, max {h['max']:.2f})")
+    if "pipeline" in report:
+        pl_ = report["pipeline"]
+        print(f"data pipeline alone: {pl_['images_per_s']:.0f} images/s = {pl_['x_model_rate']:.1f}x the fastest "
+              f"package rate")
 
 
 def main(argv=None) -> int:
     import logging
-    import tempfile
     import warnings
-    p = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n\n")[0])
+    from .loggers import wandb_installed
+    on_gpu_default = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python -m reproduce bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
+                   help="default: fp32 bf16 bf16-compiled on a GPU, fp32 on a CPU (add fp32-compiled with --compile)")
+    p.add_argument("--compile", action="store_true", help="on a CPU, also time fp32-compiled")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="include torch.compile in the fastest settings on CPU")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CPU, 30 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 20 on CPU, 300 on GPU)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--overhead-steps", type=int, nargs=2, default=[200, 2200], metavar=("L1", "L2"),
+                   help="the two run lengths of the per-step overhead measurement")
+    p.add_argument("--overhead-repeats", type=int, default=3)
+    p.add_argument("--no-overhead", action="store_true")
+    p.add_argument("--data-root", default=None, help="time on CIFAR-10 from this data.root (default: synthetic)")
+    p.add_argument("--wandb", choices=("offline", "disabled"), default=None,
+                   help="W&B mode of the package runs (default: offline, as the CLI without a login; disabled without wandb)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json-out", default=None, help="also write the JSON here, after every measurement")
+    p.add_argument("--device", default="cuda" if on_gpu_default else "cpu")
     args = p.parse_args(argv)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    for key in ("batch", "warmup", "steps", "repeats", "overhead_repeats"):
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            p.error(f"--{key.replace('_', '-')} must be positive, got {value}")
+    if not 0 < args.overhead_steps[0] < args.overhead_steps[1]:
+        p.error(f"--overhead-steps needs 0 < L1 < L2, got {args.overhead_steps}")
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    arrays = synthetic_cifar(10000, "cpu") + synthetic_cifar(1000, "cpu")
-    x, y = arrays[0].to(device), arrays[1].to(device)
     on_gpu = device.type == "cuda"
-    compile_fast = on_gpu or args.compile
-    report = {"device": torch.cuda.get_device_name(0) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
-              "batch": args.batch, "torch": torch.__version__, "models": {}}
-    w, s, r = args.warmup, args.steps, args.repeats
+    if on_gpu and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    variants = args.variants or (["fp32", "bf16", "bf16-compiled"] if on_gpu else
+                                 ["fp32", "fp32-compiled"] if args.compile else ["fp32"])
+    warmup = args.warmup or (30 if on_gpu else 3)
+    steps = args.steps or (300 if on_gpu else 20)
+    wandb_mode = args.wandb or ("offline" if wandb_installed() else "disabled")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # as the package's Trainer sets it on GPUs
+    data = [f"data.root={args.data_root}"] if args.data_root else []
+    from .data.datamodule import load_arrays
+    arrays = load_arrays(package_config(args.models[0], args.batch, 1, "fp32", "disabled", data=data).data)
+    report = {"device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "lightning": pl.__version__, "batch": args.batch, "warmup": warmup,
+              "steps": steps, "repeats": args.repeats, "wandb_mode": wandb_mode,
+              "data": args.data_root or "synthetic", "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_overhead:  # first: a time limit that cuts the slow compiled variants keeps it
+            report["overhead"] = bench_overhead(tuple(args.overhead_steps), args.overhead_repeats, device,
+                                                wandb_mode, Path(tmp))
+            _write(report, args.json_out)
         for name in args.models:
-            plain = bench_plain(name, x, y, args.batch, w, s, r, device)
-            package = bench_package(name, arrays, args.batch, w, s, r, device, fastest=False, compile=False, tmpdir=tmp)
-            entry = {"plain": _summary(plain), "package": _summary(package)}
-            entry["package/plain"] = entry["package"]["median"] / entry["plain"]["median"]
-            if on_gpu or args.compile:
-                fast = bench_package(name, arrays, args.batch, w + (10 if compile_fast else 0), s, r, device,
-                                     fastest=True, compile=compile_fast, tmpdir=tmp)
-                fast_plain = bench_plain(name, x, y, args.batch, w + (10 if compile_fast else 0), s, r, device,
-                                         bf16=on_gpu, compile=compile_fast)
-                entry["fastest"] = _summary(fast)
-                entry["plain_fastest"] = _summary(fast_plain)
-                entry["fastest/plain_fastest"] = entry["fastest"]["median"] / entry["plain_fastest"]["median"]
-            report["models"][name] = entry
-            if not args.json:
-                print(f"{name}: plain {entry['plain']['median']:.0f} img/s, package {entry['package']['median']:.0f} "
-                      f"img/s, ratio {entry['package/plain']:.3f}", file=sys.stderr, flush=True)
-    pipeline = bench_pipeline(x, y, args.batch, 50, device)
-    consumed = max(e["package"]["median"] for e in report["models"].values())
-    report["pipeline"] = {"images_per_s": pipeline, "x_model_rate": pipeline / consumed}
+            report["models"][name] = {}
+            for variant in variants:
+                try:
+                    entry = bench_variant(name, variant, arrays, data, args.batch, warmup, steps, args.repeats,
+                                          device, wandb_mode, Path(tmp))
+                except Exception as e:  # a variant that fails (compile on an odd machine) is reported, the rest go on
+                    entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                report["models"][name][variant] = entry
+                _write(report, args.json_out)
+                if not args.json and "error" not in entry:
+                    print(f"{name} {variant}: plain {entry['plain']['median']:.0f} img/s, package "
+                          f"{entry['package']['median']:.0f} img/s, ratio {entry['ratio']['median']:.3f}",
+                          file=sys.stderr, flush=True)
+    rates = [e["package"]["median"] for v in report["models"].values() for e in v.values() if "package" in e]
+    if rates:
+        pipeline = bench_pipeline(arrays, args.batch, 50, device)
+        report["pipeline"] = {"images_per_s": pipeline, "x_model_rate": pipeline / max(rates)}
+    _write(report, args.json_out)
     if args.json:
         print(json.dumps(report, indent=1))
-        return 0
-    print(f"device: {report['device']}, batch {args.batch}, torch {report['torch']}; images/s, median (min-max) of "
-          f"{r} repeats x {s} steps after {w} warm-up steps")
-    print(f"{'model':10} {'plain loop':>22} {'package':>22} {'package/plain':>14} {'fastest':>22}")
-    for name, e in report["models"].items():
-        def cell(k):
-            if k not in e:
-                return "-"
-            return f"{e[k]['median']:.0f} ({e[k]['min']:.0f}-{e[k]['max']:.0f})"
-        print(f"{name:10} {cell('plain'):>22} {cell('package'):>22} {e['package/plain']:>14.3f} {cell('fastest'):>22}")
-    print(f"data pipeline alone: {pipeline:.0f} images/s = {report['pipeline']['x_model_rate']:.1f}x the fastest "
-          f"model's consumption")
+    else:
+        _print_table(report)
     return 0

@@ -86,7 +86,10 @@ class TrainerConfig:
     log_every: int = 50  # iterations between train/* logs (no per-step host syncs)
     checkpoint_every: int = 2000  # iterations between atomic checkpoints
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (training and evaluation use the compiled one)
+    # auto: reduce-overhead (CUDA graphs: a ResNet-20 step at batch 128 is launch-bound on a large
+    # GPU) on CUDA, default elsewhere; or default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "auto"
     deterministic: bool = False
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
@@ -162,6 +165,7 @@ CHOICES = {
     "schedule.decay": ("lr", "batch"),
     "schedule.warmup": ("none", "gradual", "constant"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
+    "trainer.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 

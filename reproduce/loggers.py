@@ -114,11 +114,30 @@ def has_wandb_login() -> bool:
         return False
 
 
+def wandb_installed() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("wandb") is not None
+    except ImportError:  # a finder that refuses it
+        return False
+
+
+_told_missing = False
+
+
 def decide_mode(requested: str) -> str:
+    """The W&B mode of a run. wandb is imported only where a run is created, so `disabled` (and
+    `auto` without wandb installed, e.g. a bare GPU machine) needs no wandb at all."""
+    global _told_missing
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
         return os.environ["WANDB_MODE"]
+    if not wandb_installed():
+        if not _told_missing:
+            print("W&B: wandb is not installed; W&B logging is off (metrics.csv is written as always)", file=sys.stderr)
+            _told_missing = True
+        return "disabled"
     return "online" if has_wandb_login() else "offline"
 
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one GPU check: install what is missing without network, prepare CIFAR-10, then every speed
+# measurement in one run (reproduce/gpu_check.py says what and why). From the repository root:
+#
+#   bash scripts/gpu_check.sh --data .device/cifar10-jpeg.tar.xz [--budget-s 500] [--out DIR]
+#   bash scripts/gpu_check.sh --cpu-smoke [--data ARCHIVE]        # the same, tiny, on a CPU (~1 min)
+#
+# Outputs go to --out (default $OUT when set, else gpu-check-out/): gpu_check.json, gpu_check.log,
+# gpu_check.tar.gz. Missing Python packages (omegaconf on a bare GPU image) are installed from the
+# wheels in .whl/ (pip download ... -d .whl omegaconf==2.4.0, see the README's GPU section) into
+# /tmp/site; the package itself is imported from the repository (no pip install -e, which could
+# need the network for its build backend).
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 1
+PY="${PYTHON:-python3}"
+SITE="${GPU_CHECK_SITE:-/tmp/site}"
+t0=$(date +%s)
+
+if ! "$PY" -c "import omegaconf, yaml" 2>/dev/null; then
+    shopt -s nullglob
+    wheels=(.whl/*.whl)
+    if [ ${#wheels[@]} -eq 0 ]; then
+        echo "error: omegaconf is not installed and .whl/ holds no wheels to install it from (see README, GPU)" >&2
+        exit 2
+    fi
+    echo "installing ${wheels[*]} into $SITE (no network)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" || exit 2
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import omegaconf, pytorch_lightning, torchmetrics, torchvision, matplotlib, reproduce" || {
+    echo "error: a package the check needs does not import (above)" >&2; exit 2; }
+echo "install and import check: $(( $(date +%s) - t0 )) s"
+exec "$PY" -m reproduce.gpu_check "$@"
