@@ -157,7 +157,7 @@ class SweepClock:
         self.told_estimate = True
         eta = self.eta()
         total = eta + (self.clock() - self._t_sweep)
-        basis = (f"{self._current.name}'s first {self._step - self._step_first} iterations"
+        basis = (f"{self._current.name}'s first {self._step - self._step_first} timed iterations"
                  if self._current is not None else "the first run")
         lines = [f"estimate: the sweep takes about {duration(total)} on {self.device} ({duration(eta)} left; from "
                  f"{basis}, the other runs scaled by their size; refined in the progress lines)"]
