@@ -57,11 +57,10 @@ class SweepClock:
 
     def plan(self, runs: List[PlannedRun], device: str, on_cpu: bool, quick_hint: Optional[str],
              parallel: int = 1) -> str:
-        """Set the plan; returns the line that states it."""
-        self.__init__(self.clock)
+        """Set the plan (one per sweep); returns the line that states it."""
         self.runs, self.device, self.on_cpu, self.quick_hint, self.parallel = runs, device, on_cpu, quick_hint, parallel
-        self._t_sweep = self.clock()
-        steps = sorted({r.steps for r in runs})
+        self.told_estimate, self._current, self._t_first, self._t_sweep = False, None, None, self.clock()
+        steps = sorted({r.steps for r in runs}) or [0]
         each = f"{steps[0]:,} iterations each" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,} iterations"
         names = ", ".join(r.name for r in runs)
         at_once = f", {parallel} at a time" if parallel > 1 else ""
