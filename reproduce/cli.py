@@ -1,7 +1,8 @@
 """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [key=value ...]
 
 Mistakes in the command line, the config or the data end in one line on stderr and exit code 2;
-`--debug` shows the full traceback instead.
+`--debug` shows the full traceback instead. A sweep in which a run failed still trains the others
+and writes its report, then exits with code 1.
 """
 from __future__ import annotations
 
@@ -152,10 +153,16 @@ def _main(argv) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
+    from .callbacks.progress import SWEEP
     from .experiments import run_experiment
     outputs = run_experiment(cfg, overwrite=args.overwrite)
     for name, path in outputs.items():
         print(f"{name}: {path}")
+    failed = SWEEP.failed()
+    if failed:  # the report marks them FAILED; the exit status tells scripts and CI
+        print(f"error: {len(failed)} of {len(SWEEP.runs)} runs failed ({', '.join(failed)}); "
+              f"see their status.json, or results.md", file=sys.stderr)
+        return 1
     return 0
 
 

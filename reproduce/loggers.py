@@ -152,6 +152,18 @@ def say_offline(run_dir: Path) -> None:
         _told_offline = True
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+CODE_ARTIFACT = "source-reproduce"  # one name for every run: identical sources are one version in W&B
+
+
+def log_source(run) -> None:
+    """The package's source with the run (W&B's Code tab), so a report links the exact code that
+    ran; the git commit is in the run's config (env.git_commit). Only the package directory is
+    walked: wandb walks every file under the root it is given, and a checkout's root holds the
+    venv, the data and the runs. The experiment's YAML is in the run's config, resolved."""
+    run.log_code(root=str(PACKAGE_DIR), name=CODE_ARTIFACT, include_fn=lambda path, root: path.endswith(".py"))
+
+
 def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, tags: List[str], config: dict,
                       already_logged: frozenset = frozenset()):
     """A WandbLogger whose run exists already (online, or offline after a failed online init).
@@ -184,6 +196,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
         # every panel plots against iterations; epochs are there too
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        log_source(run)
         return logger
 
     if mode == "online":

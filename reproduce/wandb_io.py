@@ -18,6 +18,8 @@ PAPER_TABLE6 = {  # He et al. 2015, Table 6: CIFAR-10 test error (%), ÷10 sched
     "resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43, "resnet1202": 7.93,
 }
 
+TABLE_ROWS = 10_000  # the rows a wandb.Table logged to a run keeps (wandb.Table.MAX_ROWS; a test checks)
+
 BLOCK = 32 * 1024
 HEADER_LEN = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -67,10 +69,40 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
         run.log({"figure": wandb.Image(str(figure))})
     for key, table in {"results": rows, **(more_tables or {})}.items():
         if table:
-            columns = list(table[0].keys())
-            # one type per column: a W&B Table refuses mixed ints and strings, so cells go as text
-            run.log({key: wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns] for r in table])})
+            run.log({key: to_wandb_table(table)})
     run.finish()
+
+
+def to_wandb_table(rows: List[dict]):
+    """One type per column, as a W&B Table insists: a column of numbers (None where missing)
+    stays numeric, so a report can plot it; any other column goes as text."""
+    import wandb
+    columns = list(rows[0].keys())
+    numeric = {c for c in columns if all(r.get(c) is None or (isinstance(r.get(c), (int, float))
+                                                                and not isinstance(r.get(c), bool)) for r in rows)}
+    return wandb.Table(columns=columns, data=[[r.get(c) if c in numeric else str(r.get(c)) for c in columns]
+                                              for r in rows])
+
+
+def curve_rows(runs: List[dict], max_rows: int = TABLE_ROWS) -> List[dict]:
+    """Figure 6 as one long table: (model, family, depth, iteration, metric, value) for the
+    training error and the test error (validation error for ImageNet, as Figure 4) of every run,
+    so a W&B report redraws the figure without the CSVs. A W&B Table logged to a run keeps at
+    most `max_rows` rows, so long training-error series are thinned evenly (the last point kept);
+    the evaluation points, one per `eval_every`, stay."""
+    from .models import is_residual
+    eval_key = "test/err" if any(r["metrics"].get("test/err") for r in runs) else "val/err"  # as report.curves_figure
+    series = [(r, key) for r in runs for key in ("train/err", eval_key) if r["metrics"].get(key)]
+    per_series = max_rows // max(len(series), 1)
+    out = []
+    for r, key in series:
+        points = r["metrics"][key]
+        stride = -(-len(points) // per_series)
+        kept = points[::stride] if points[::stride][-1] == points[-1] else points[::stride] + [points[-1]]
+        out += [{"model": r["model"], "family": "resnet" if is_residual(r["model"]) else "plain",
+                 "depth": depth_of(r["model"]), "iteration": step, "metric": key, "value": value}
+                for step, value in kept]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,8 +150,9 @@ def read_wandb_file(path: str | Path) -> List:
 
 
 def summarize_wandb_file(path: str | Path) -> dict:
-    """{config, history (list of dicts), summary, artifacts (names), files} from a `.wandb` file."""
-    out = {"config": {}, "history": [], "summary": {}, "artifacts": [], "run": None}
+    """{run, config, history (list of dicts), summary, artifacts (name, type, files), stats (the
+    system-metrics samples, list of dicts)} from a `.wandb` file."""
+    out = {"config": {}, "history": [], "summary": {}, "artifacts": [], "stats": [], "run": None}
     for rec in read_wandb_file(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
@@ -141,7 +174,10 @@ def summarize_wandb_file(path: str | Path) -> dict:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
         elif kind == "artifact":
-            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type})
+            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type,
+                                     "files": [e.path for e in rec.artifact.manifest.contents]})
+        elif kind == "stats":  # system metrics (CPU, memory, disk, network, GPU), sampled by wandb
+            out["stats"].append({item.key: json.loads(item.value_json) for item in rec.stats.item})
     return out
 
 

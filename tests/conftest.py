@@ -10,6 +10,35 @@ ROOT = Path(__file__).resolve().parent.parent
 CIFAR_ROOT = Path(os.environ.get("REPRODUCE_CIFAR_ROOT", ROOT / "data"))
 
 
+# Test tiers (README, "Tests"): every test carries exactly one of these markers, set by its module
+# below or by an explicit `@pytest.mark.<tier>` on the test, which wins. `python -m pytest -m unit`
+# is the fast tier; CI runs them all. A new test module names its tier here, or collection fails.
+TIERS = ("unit", "smoke", "slow", "ddp")
+MODULE_TIERS = {
+    "test_ci": "unit", "test_config": "unit", "test_data": "unit", "test_imagenet": "unit", "test_models": "unit",
+    "test_progress": "unit", "test_report": "unit", "test_schedules": "unit", "test_wandb_io": "unit",
+    "test_keys": "unit", "test_units": "unit",
+    "test_smoke": "smoke", "test_reliability": "smoke",
+    "test_bench": "slow", "test_real_data": "slow", "test_resume": "slow", "test_gpu_path": "slow",
+    "test_ddp": "ddp",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the markers must be there by then
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        explicit = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(explicit) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: more than one test tier ({', '.join(explicit)})")
+        if explicit:
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in MODULE_TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: no test tier; add '{module}' to MODULE_TIERS in tests/conftest.py "
+                                    f"or mark the test with one of {', '.join(TIERS)}")
+        item.add_marker(MODULE_TIERS[module])
+
+
 @pytest.fixture(autouse=True)
 def isolated_wandb(tmp_path, monkeypatch):
     """Every W&B directory inside the test's temp dir; never online."""

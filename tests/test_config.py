@@ -46,6 +46,7 @@ def test_dry_run_shows_the_halving_schedule_and_the_paper_override():
     assert "lr 0.01, batch 128" in paper and "lr 0.001, batch 128" in paper
 
 
+@pytest.mark.smoke  # subprocesses of the CLI
 def test_cli_errors_exit_2_with_one_line(tmp_path):
     cases = [
         (["resnt"], "unknown experiment"),
@@ -61,6 +62,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.smoke  # subprocesses of the CLI
 def test_cli_list_and_dry_run():
     out = run_cli("list", timeout=120).stdout
     for name in ("resnet", "plain", "residual", "resnet-paper"):

@@ -17,7 +17,10 @@ def test_finished_runs_are_skipped_on_resume(tmp_path):
 
 def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     proc = run_cli("resnet", "--smoke", "models=[resnet8,plain8]", "per_model.resnet8.schedule.lr=1e30",
-                   f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300)
+                   f"out_dir={tmp_path}", "wandb.mode=disabled", timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr  # the sweep finished, but CI must go red
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: 1 of 2 runs failed (resnet8); see their status.json, or results.md"
     table = (tmp_path / "resnet" / "results.md").read_text()
     assert "| resnet8 |" in table and "FAILED: the training loss became" in table
     plain_row = next(line for line in table.splitlines() if line.startswith("| plain8 |"))

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from .conftest import run_cli
 
 
+@pytest.mark.smoke  # a smoke sweep through the CLI
 def test_wandb_report_dry_run_writes_the_figure_panels(tmp_path):
     run_cli("resnet", "--smoke", "models=[plain8,resnet8]", f"out_dir={tmp_path}", timeout=300)
     run_cli("report", tmp_path, "--dry-run", timeout=120)

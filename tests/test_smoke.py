@@ -1,5 +1,7 @@
 """Smoke tier: every experiment end to end through the real CLI on synthetic data."""
 import glob
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ from .conftest import run_cli
 @pytest.fixture(scope="module")
 def resnet_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    proc = run_cli("resnet", "--smoke", f"out_dir={out}", timeout=300)
+    # wandb samples system metrics every 15 s by default, longer than a smoke run: every second here
+    proc = run_cli("resnet", "--smoke", f"out_dir={out}", timeout=300, env={"WANDB_X_STATS_SAMPLING_INTERVAL": "1"})
     return out / "resnet", proc
 
 
@@ -82,6 +85,72 @@ def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke)
     assert {"figure", "results", "lr_drops"} <= keys  # an image and W&B Tables
     assert any(a["type"] == "run_table" for a in s["artifacts"])
     assert "wandb sync" in proc.stderr
+
+
+def test_sweep_states_its_plan_estimate_and_progress(resnet_smoke):
+    _, proc = resnet_smoke
+    err = proc.stderr
+    models = "plain20, plain32, plain44, plain56, resnet20, resnet32, resnet44, resnet56, resnet110"
+    assert f"plan: 9 runs ({models}), 8 iterations each (72 in all), on cpu (" in err
+    assert err.index("plan: 9 runs") < err.index("run 1 of 9: plain20, 8 iterations") < err.index("run 9 of 9: resnet110")
+    assert len(re.findall(r"^estimate: the sweep takes about \d+ (s|min|h)", err, re.M)) == 1
+    assert err.index("estimate:") < err.index("sweep ETA")  # stated before any progress line uses it
+    evals = re.findall(r"^ +(\w+)  run (\d) of 9  iteration +(\d+)/8  .*, sweep ETA \d+ (?:s|min|h)", err, re.M)
+    assert ("resnet56", "8", "4") in evals and ("resnet110", "9", "8") in evals
+    assert "--quick" not in err  # the hint is for the paper profile on a CPU
+
+
+def test_wandb_keeps_the_code_system_metrics_and_a_curves_table(resnet_smoke):
+    exp, _ = resnet_smoke
+    log = summarize_wandb_file(glob.glob(str(exp / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))[0])
+    code = [a for a in log["artifacts"] if a["type"] == "code"]
+    assert len(code) == 1 and {"train.py", "callbacks/progress.py", "models/cifar.py"} <= set(code[0]["files"])
+    assert log["config"]["_wandb"]["code_path"] == code[0]["name"]  # the run's Code tab
+    assert log["stats"], "offline runs keep W&B's system metrics"
+    assert any({"memory_percent", "proc.memory.rssMB"} & set(sample) for sample in log["stats"])
+    summary_dir = glob.glob(str(exp / "summary" / "wandb" / "offline-run-*"))[0]
+    table = json.loads(Path(glob.glob(f"{summary_dir}/files/media/table/curves_*.table.json")[0]).read_text())
+    assert table["columns"] == ["model", "family", "depth", "iteration", "metric", "value"]
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    for model in ("plain56", "resnet110"):
+        assert sorted(r["iteration"] for r in rows if r["model"] == model and r["metric"] == "test/err") == [4, 8]
+        assert sorted(r["iteration"] for r in rows if r["model"] == model and r["metric"] == "train/err") == [2, 4, 6, 8]
+    assert {r["family"] for r in rows if r["model"] == "resnet110"} == {"resnet"}
+    s = summarize_wandb_file(glob.glob(f"{summary_dir}/*.wandb")[0])
+    assert any("curves" in k for r in s["history"] for k in r)
+
+
+def test_progress_bar_on_a_terminal_names_the_run_and_the_sweep_eta(tmp_path):
+    """On a (pseudo-)terminal: Lightning's bar, whose description carries the run and the sweep ETA."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from .conftest import ROOT
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # tqdm draws nothing at 0 columns
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce", "resnet", "--smoke", "models=[resnet8,plain8]",
+                             "trainer.progress=true", "wandb.mode=disabled", f"out_dir={tmp_path}"],
+                            cwd=ROOT, env=env, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert re.search(r"plain8 \(run 2 of 2, sweep ETA \d+ (s|min|h)", screen), screen[-3000:]
+    assert re.search(r"resnet8  run 1 of 2  iteration +8/8", screen)  # the evaluation lines, above the bar
 
 
 @pytest.mark.parametrize("name", [e for e in experiments() if e not in ("resnet",)])
