@@ -37,19 +37,12 @@ def _parser() -> argparse.ArgumentParser:
 def dry_run(cfg) -> str:
     from omegaconf import OmegaConf
 
-    from .config import for_model
     from .data.datamodule import train_size_of
     from .schedules import Schedule
     lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
-    if cfg.kind == "temperature":
-        from .temperature import temperature_plans
-        plans = temperature_plans(cfg)
-    elif cfg.kind == "batch_scaling":
-        from .batch_scaling import batch_scaling_plans
-        plans = [(name, run) for name, _, run in batch_scaling_plans(cfg)]
-    else:
-        plans = [(model, for_model(cfg, model, cfg.seeds[0])) for model in cfg.models]
+    from .experiments import KINDS  # imports Lightning: not needed for --help or a config error
+    plans = KINDS[cfg.kind].plans(cfg)
     shown = {}
     for name, run in plans:
         sched = Schedule.from_config(run.schedule, run.data.batch_size)
@@ -72,7 +65,7 @@ def _resume_config(experiment: str, where: str, overrides):
     from omegaconf import OmegaConf
 
     from .config import ConfigError, _merge, apply_override, new_config, validate
-    from .experiments import SWEEP_CONFIG
+    from .sweep import SWEEP_CONFIG
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
         if candidate.exists():

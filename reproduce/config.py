@@ -169,8 +169,16 @@ CHOICES = {
 }
 
 
-def experiments() -> List[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+COMMANDS = ("list", "report", "bench")  # `python -m reproduce COMMAND`: never an experiment's name
+
+
+def experiments(config_dir: Path = CONFIG_DIR) -> List[str]:
+    names = sorted(p.stem for p in config_dir.glob("*.yaml") if not p.stem.startswith("_"))
+    for name in names:
+        if name in COMMANDS:
+            raise ConfigError(f"configs/{name}.yaml: '{name}' is a command of `python -m reproduce`, so this "
+                              f"experiment could never run; rename the file")
+    return names
 
 
 def _all_keys(node: Any, prefix: str = "") -> List[str]:

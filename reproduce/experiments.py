@@ -1,199 +1,20 @@
-"""Experiments: how a config expands into runs, and which report it draws.
-
-A sweep lives in `out_dir/<experiment>/`: sweep.yaml (the resolved config), sweep.json (W&B group,
-start time), one directory per run, then figure.png and results.md.
+"""Experiment kinds: the registry. Each kind says how a config expands into runs (`plans`, which
+`--dry-run` shows and the sweep trains) and what it does with them (`run`: train through
+`sweep.run_plans`, then draw its report). A new kind is one module with those two functions and
+one line in `KINDS`; `kind:` in its YAML selects it.
 """
 from __future__ import annotations
 
-import json
-import shutil
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from .callbacks.progress import SWEEP, PlannedRun, duration
-from .config import ConfigError, for_model
-from .schedules import Schedule
-from .train import read_status, run_one
-
-SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
-TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
-# `--quick` wall time, measured on the README's 2-core machine (README, "Measured results"); the
-# other experiments' quick profiles are sized for the same bound (README, "Profiles").
-QUICK_MEASURED = {"resnet": "14 min 27 s", "temperature": "14 min 40 s", "batch-scaling": "15 min 1 s"}
-QUICK_BOUND = "at most 20 min"
-
-
-def experiment_dir(cfg) -> Path:
-    return Path(cfg.out_dir).expanduser() / cfg.experiment
-
-
-def run_name(model: str, seed: int, seeds: List[int]) -> str:
-    return model if len(seeds) == 1 else f"{model}-seed{seed}"
-
-
-def prepare_sweep(cfg, overwrite: bool = False) -> tuple[Path, str]:
-    """Create (or, when resuming, reopen) the sweep directory; returns (dir, W&B group)."""
-    exp_dir = experiment_dir(cfg)
-    meta_path = exp_dir / SWEEP_META
-    if rank_zero_only.rank != 0:
-        # a DDP worker that Lightning started by re-running this command: rank 0 owns the directory
-        return exp_dir, json.loads(meta_path.read_text())["group"] if meta_path.exists() else ""
-    if cfg.resume:
-        if not meta_path.exists():
-            raise ConfigError(f"nothing to resume in {exp_dir}: no {SWEEP_META} (start it without --resume)")
-        return exp_dir, json.loads(meta_path.read_text())["group"]
-    if meta_path.exists():
-        if not overwrite:
-            raise ConfigError(f"{exp_dir} already holds a sweep; continue it with --resume {cfg.out_dir}, "
-                              f"replace it with --overwrite, or choose another out_dir=")
-        shutil.rmtree(exp_dir)
-    group = cfg.wandb.group or f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        probe = exp_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"out_dir={cfg.out_dir}: cannot write {exp_dir} ({e.strerror})") from None
-    OmegaConf.save(cfg, exp_dir / SWEEP_CONFIG)
-    meta_path.write_text(json.dumps({"group": group, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
-    return exp_dir, group
-
-
-def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
-    """Train each (run name, run config) in turn. On resume a finished run is skipped and an
-    unfinished one continues from its checkpoint; a failed run is recorded and the rest go on.
-    With trainer.parallel > 1 the runs go to that many worker processes instead. The plan and
-    each run's outcome go to `SWEEP`, which prints the estimates and tells the CLI what failed."""
-    if cfg.only:
-        unknown = set(cfg.only) - {name for name, _ in plans}
-        if unknown:
-            raise ConfigError(f"only: no run named {sorted(unknown)} in this sweep; runs: {[n for n, _ in plans]}")
-        plans = [(name, run_cfg) for name, run_cfg in plans if name in cfg.only]
-    parallel = cfg.trainer.parallel > 1 and cfg.trainer.devices * cfg.trainer.num_nodes == 1 and not cfg.only
-    announce(cfg, plans, cfg.trainer.parallel if parallel else 1)
-    if parallel:
-        return run_parallel(cfg, plans, exp_dir)
-    statuses = []
-    for name, run_cfg in plans:
-        run_dir = exp_dir / name
-        status = read_status(run_dir)
-        if cfg.resume and status.get("status") == "done":
-            print(f"{name}: finished earlier, skipped", flush=True)
-            SWEEP.skip(name)
-            statuses.append(status)
-            continue
-        resume = cfg.resume and status.get("status") in ("running", "interrupted", "failed")
-        say(SWEEP.start(name, resume))
-        status = run_one(run_cfg, run_dir, group, resume=resume, name=name)
-        statuses.append(status)
-        for line in SWEEP.finish(name, status["status"]):
-            say(line)
-        if status["status"] == "interrupted":
-            raise KeyboardInterrupt
-        if status["status"] == "failed":
-            print(f"{name}: FAILED ({status.get('error')}); going on with the others", flush=True)
-    return statuses
-
-
-def say(line: str) -> None:
-    if rank_zero_only.rank == 0:
-        print(line, file=sys.stderr, flush=True)
-
-
-def device_of(cfg) -> tuple[str, bool]:
-    """(what the runs train on, in words; whether that is a CPU)."""
-    import torch
-    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return f"{cfg.trainer.devices * cfg.trainer.num_nodes} x {torch.cuda.get_device_name(0)}", False
-    return f"cpu ({cfg.trainer.threads or torch.get_num_threads()} threads)", True
-
-
-def run_cost(run_cfg) -> tuple[int, float]:
-    """(iterations, relative cost = parameters x images seen) of one run, for the sweep estimate.
-    Parameters track a CIFAR net's FLOPs per image (both grow as the number of blocks)."""
-    import torch
-
-    from .models import build
-    sched = Schedule.from_config(run_cfg.schedule, run_cfg.data.batch_size)
-    with torch.device("meta"):  # the parameter count without allocating or initialising weights
-        params = sum(p.numel() for p in build(run_cfg.models[0]).parameters())
-    return sched.total_steps, float(params) * sched.examples(sched.total_steps)
-
-
-def quick_hint(cfg) -> str | None:
-    if cfg.profile != "paper":
-        return None
-    measured = QUICK_MEASURED.get(cfg.experiment)
-    took = f"{measured} on the README's 2-core machine" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
-    return (f"that is long for a CPU: `python -m reproduce {cfg.experiment} --quick` shows the same effects "
-            f"in a laptop-sized run ({took}; README, \"Profiles\")")
-
-
-def announce(cfg, plans: List[tuple], parallel: int) -> None:
-    """Print the plan (runs, iterations, device) before anything trains."""
-    runs = []
-    for name, run_cfg in plans:
-        steps, cost = run_cost(run_cfg)
-        runs.append(PlannedRun(name, steps, cost))
-    device, on_cpu = device_of(cfg)
-    say(SWEEP.plan(runs, device, on_cpu, quick_hint(cfg), parallel))
-
-
-def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
-    """Train the sweep's runs `trainer.parallel` at a time, each in its own process
-    (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
-    at batch 128 leaves most of a large GPU idle. On a CPU the cores are split between workers."""
-    import os
-    import subprocess
-
-    import torch
-    n_gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // cfg.trainer.parallel)
-    queue = [name for name, _ in plans if not (cfg.resume and read_status(exp_dir / name).get("status") == "done")]
-    for name, _ in plans:
-        if name not in queue:
-            SWEEP.skip(name)
-    running: Dict[str, subprocess.Popen] = {}
-    slot = 0
-    try:
-        while queue or running:
-            while queue and len(running) < cfg.trainer.parallel:
-                name = queue.pop(0)
-                env = dict(os.environ)
-                if n_gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
-                slot += 1
-                cmd = [sys.executable, "-m", "reproduce", cfg.experiment, "--resume", str(exp_dir), f"only=[{name}]",
-                       "trainer.parallel=1", *([] if n_gpus else [f"trainer.threads={threads}"])]
-                (exp_dir / name).mkdir(parents=True, exist_ok=True)
-                log = open(exp_dir / name / "worker.log", "a")
-                running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-                print(f"{name}: started (worker log {exp_dir / name / 'worker.log'})", flush=True)
-            for name, proc in list(running.items()):
-                if proc.poll() is not None:
-                    del running[name]
-                    st = read_status(exp_dir / name)
-                    print(f"{name}: {st.get('status', 'no status')} (exit {proc.returncode})"
-                          + (f" {st.get('error')}" if st.get("error") else ""), flush=True)
-                    for line in SWEEP.finish(name, st.get("status", "failed"), st.get("wall_s"), st.get("step")):
-                        say(line)
-                    eta = SWEEP.eta()
-                    say(f"{len(plans) - len(queue) - len(running)} of {len(plans)} runs finished"
-                        + (f"; sweep ETA {duration(eta)}" if eta is not None and (queue or running) else ""))
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        for proc in running.values():
-            proc.terminate()  # SIGTERM: each worker checkpoints and stops
-        for proc in running.values():
-            proc.wait()
-        raise
-    return [read_status(exp_dir / name) for name, _ in plans]
+from .batch_scaling import batch_scaling_plans, run_batch_scaling
+from .config import for_model
+from .sweep import TINY_IMAGEFOLDER, prepare_sweep, run_name, run_plans
+from .temperature import run_temperature, temperature_plans
 
 
 def model_plans(cfg) -> List[tuple]:
@@ -221,18 +42,18 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     return {"figure": fig, "results": table}
 
 
-def _temperature(cfg, exp_dir, group):
-    from .temperature import run_temperature
-    return run_temperature(cfg, exp_dir, group)
+@dataclass(frozen=True)
+class Kind:
+    plans: Callable[..., List[tuple]]  # cfg -> [(run name, run config)]
+    run: Callable[..., Dict[str, Path]]  # (cfg, sweep dir, W&B group) -> {output name: path}
 
 
-def _batch_scaling(cfg, exp_dir, group):
-    from .batch_scaling import run_batch_scaling
-    return run_batch_scaling(cfg, exp_dir, group)
-
-
-KINDS: Dict[str, Callable] = {"curves": curves, "imagenet": curves, "temperature": _temperature,
-                              "batch_scaling": _batch_scaling}
+KINDS: Dict[str, Kind] = {
+    "curves": Kind(model_plans, curves),  # Figure 6
+    "imagenet": Kind(model_plans, curves),  # Figure 4
+    "temperature": Kind(temperature_plans, run_temperature),
+    "batch_scaling": Kind(lambda cfg: [(name, run) for name, _, run in batch_scaling_plans(cfg)], run_batch_scaling),
+}
 
 
 def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
@@ -247,4 +68,4 @@ def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
         from .data.imagefolder import make_tiny_imagefolder
         root = make_tiny_imagefolder(exp_dir / "tiny-imagefolder")
         cfg.data.root = str(root)
-    return KINDS[cfg.kind](cfg, exp_dir, group)
+    return KINDS[cfg.kind].run(cfg, exp_dir, group)

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from .config import for_model
+from .sweep import run_plans
 from .loggers import read_metrics
 
 
@@ -121,7 +122,6 @@ def temperature_plans(cfg) -> List[tuple]:
 
 
 def run_temperature(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
-    from .experiments import run_plans
     if rank_zero_only.rank == 0 and not cfg.only:
         quad = run_quadratic(cfg.sweep, exp_dir)
         print(f"quadratic: slope of log(excess) on log(lr/B) = {quad['slope']:.3f} ± {quad['slope_se']:.3f} "

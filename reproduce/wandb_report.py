@@ -19,7 +19,7 @@ def _sweep_info(source: str) -> dict:
     """Group, project, entity, experiment and the runs (name, id, family) of a sweep."""
     from omegaconf import OmegaConf
 
-    from .experiments import SWEEP_CONFIG, SWEEP_META, run_name
+    from .sweep import SWEEP_CONFIG, SWEEP_META, run_name
     from .models import is_residual
     path = Path(source).expanduser()
     candidates = [path] + sorted(p.parent for p in path.glob(f"*/{SWEEP_META}")) if path.is_dir() else []

@@ -87,3 +87,12 @@ def test_empty_seeds_is_a_config_error():
 def test_each_seed_runs_its_own_seed():
     cfg = compose("resnet", "smoke", ["seeds=[3,5]", "models=[resnet8]"])
     assert [for_model(cfg, "resnet8", s).seed for s in cfg.seeds] == [3, 5]
+
+
+def test_an_experiment_named_like_a_command_is_refused(tmp_path):
+    from reproduce.config import experiments
+    (tmp_path / "resnet.yaml").write_text("kind: curves\n")
+    assert experiments(tmp_path) == ["resnet"]
+    (tmp_path / "bench.yaml").write_text("kind: curves\n")
+    with pytest.raises(ConfigError, match="'bench' is a command"):
+        experiments(tmp_path)

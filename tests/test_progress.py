@@ -3,7 +3,7 @@ import re
 
 from reproduce.callbacks.progress import PlannedRun, SweepClock, duration
 from reproduce.config import compose
-from reproduce.experiments import QUICK_MEASURED, quick_hint, run_cost
+from reproduce.sweep import QUICK_MEASURED, quick_hint, run_cost
 
 
 class FakeClock:
