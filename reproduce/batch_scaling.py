@@ -20,8 +20,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from .config import for_model
 from .sweep import run_plans
 from .data.datamodule import train_size_of
-from .loggers import read_metrics
-from .train import read_status
+from .runs import read_metrics
+from .runs import read_status
 
 
 def batch_scaling_plans(cfg) -> List[tuple]:

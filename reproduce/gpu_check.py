@@ -338,7 +338,7 @@ class Check:
         self.save()
 
     def record_r20(self, waited: dict) -> None:
-        from .train import read_status
+        from .runs import read_status
         procs, progress, dirs, _ = self.r20
         runs = self.result["phases"]["resnet20"]["runs"]
         for name in procs:
@@ -394,7 +394,7 @@ class Check:
 
     def record_sweep(self, exp_dir: Path, models: list[str], waited: dict, progress: dict) -> None:
         from .report import curves_figure, load_runs, results_rows, write_results
-        from .train import read_status
+        from .runs import read_status
         sweep = self.result["phases"]["sweep"]
         sweep["process"] = waited
         sweep["runs"] = {}
@@ -473,7 +473,7 @@ def draw_resnet20(dirs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .loggers import read_metrics
+    from .runs import read_metrics
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (name, d), c in zip(dirs.items(), ("#d55e00", "#0072b2", "#444444")):
         if not (d / "metrics.csv").exists():

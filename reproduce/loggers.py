@@ -21,7 +21,8 @@ from typing import Dict, List, Optional
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-METRICS_FILE = "metrics.csv"
+from .runs import METRICS_FILE, read_rows, write_rows
+
 
 
 class CSVMetrics(Logger):
@@ -74,30 +75,6 @@ def without_lightning_epoch(metrics: Dict[str, float]) -> Dict[str, float]:
     if "epoch" in metrics and "lr" not in metrics:
         return {k: v for k, v in metrics.items() if k != "epoch"}
     return metrics
-
-
-def write_rows(path: Path, rows: List[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "metric", "value"])
-        for r in rows:
-            w.writerow([r["step"], r["metric"], r["value"]])
-    os.replace(tmp, path)
-
-
-def read_rows(path: str | Path) -> List[dict]:
-    with open(path, newline="") as f:
-        return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
-                for r in csv.DictReader(f) if r.get("value") not in (None, "")]
-
-
-def read_metrics(path: str | Path) -> Dict[str, List[tuple]]:
-    """metric -> [(step, value), ...] sorted by step."""
-    series: Dict[str, List[tuple]] = {}
-    for r in read_rows(path):
-        series.setdefault(r["metric"], []).append((r["step"], r["value"]))
-    return {k: sorted(v) for k, v in series.items()}
 
 
 # --------------------------------------------------------------------------------------------

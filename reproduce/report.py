@@ -12,10 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from .loggers import read_metrics  # noqa: E402
+from .runs import read_metrics, read_status  # noqa: E402
 from .models import depth_of, is_residual  # noqa: E402
 from .schedules import Schedule  # noqa: E402
-from .train import read_status  # noqa: E402
 from .wandb_io import PAPER_TABLE6  # noqa: E402
 
 DEPTH_COLOURS = {20: "#e69f00", 32: "#56b4e9", 44: "#009e73", 56: "#d55e00", 110: "#000000", 1202: "#cc79a7",

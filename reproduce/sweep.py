@@ -19,7 +19,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from .callbacks.progress import SWEEP, PlannedRun, duration
 from .config import ConfigError
 from .schedules import Schedule
-from .train import read_status, run_one
+from .runs import read_status
+from .train import run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
 TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
@@ -155,6 +156,8 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
 
     import torch
     n_gpus = torch.cuda.device_count()
+    # the cores split between workers, on a GPU too: 9 workers each with every core's threads ran at
+    # 4-12 it/s on a 16-core H200 machine (docs/gpu-h200), host-bound
     threads = max(1, (os.cpu_count() or 1) // cfg.trainer.parallel)
     queue = [name for name, _ in plans if not (cfg.resume and read_status(exp_dir / name).get("status") == "done")]
     for name, _ in plans:
@@ -171,7 +174,7 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
                 slot += 1
                 cmd = [sys.executable, "-m", "reproduce", cfg.experiment, "--resume", str(exp_dir), f"only=[{name}]",
-                       "trainer.parallel=1", *([] if n_gpus else [f"trainer.threads={threads}"])]
+                       "trainer.parallel=1", f"trainer.threads={threads}"]
                 (exp_dir / name).mkdir(parents=True, exist_ok=True)
                 log = open(exp_dir / name / "worker.log", "a")
                 running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .config import for_model
 from .sweep import run_plans
-from .loggers import read_metrics
+from .runs import read_metrics
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,11 +5,9 @@ status.json (running | done | failed | interrupted, with the final numbers) and 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
-import uuid
 import warnings
 from pathlib import Path
 
@@ -25,28 +23,12 @@ from .config import to_dict
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import ignore_known_warnings
-from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger, read_metrics
+from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger
 from .models import build, depth_of, is_residual
 from .module import ClassifierModule, NonFiniteLoss
 from .wandb_io import logged_in_wandb
+from .runs import RunDir
 from .schedules import Schedule
-
-STATUS_FILE = "status.json"
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def write_status(run_dir: Path, **status) -> None:
-    path = Path(run_dir) / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)
-
 
 def environment() -> dict:
     import subprocess
@@ -103,10 +85,11 @@ def model_options(cfg, model_name: str) -> dict:
 def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None) -> dict:
     """Train `cfg.models[0]` with `cfg.seed`; returns the status dict also written to status.json."""
     run_dir = Path(run_dir)
+    files = RunDir(run_dir)
     model_name = cfg.models[0]
     name = name or model_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_cb = AtomicCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
+    ckpt_cb = AtomicCheckpoint(files.checkpoint_dir, cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
                                Fault.from_env(name))
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
     # mmap: only the header is read to learn the step; the tensors load later, inside fit
@@ -132,11 +115,9 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     callbacks.append(ckpt_cb)  # last: a checkpoint holds what every other callback did in that step
 
     resolved = to_dict(cfg)
-    if not resume or not (run_dir / "config.yaml").exists():
-        OmegaConf.save(cfg, run_dir / "config.yaml")
-    id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-    id_file.write_text(run_id)
+    if not resume or not files.config_path.exists():
+        OmegaConf.save(cfg, files.config_path)
+    run_id = files.wandb_id(create=True)
     loggers = [CSVMetrics(run_dir, resume_step)]
     family = "resnet" if is_residual(model_name) else "plain"
     wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
@@ -149,7 +130,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     if wb is not None:
         loggers.append(wb)
         if resume_step is not None and rank_zero_only.rank == 0:
-            backfill_wandb(wb, run_dir / "metrics.csv", resume_step, already_logged)
+            backfill_wandb(wb, files.metrics_path, resume_step, already_logged)
 
     accelerator = cfg.trainer.accelerator
     trainer = pl.Trainer(
@@ -165,7 +146,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     status = {"model": model_name, "name": name, "seed": cfg.seed, "run_id": run_id, "status": "running",
               "total_steps": schedule.total_steps}
     if trainer.is_global_zero:
-        write_status(run_dir, **status)
+        files.write_status(**status)
     t0 = time.time()
     try:
         with warnings.catch_warnings():
@@ -187,14 +168,14 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
         if os.environ.get("REPRODUCE_DEBUG"):
             raise
     status["wall_s"] = round(time.time() - t0, 1)
-    metrics = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else {}
+    metrics = files.metrics()
     for key in ("train/err", "val/err", "test/err"):
         if metrics.get(key):
             status[f"last_{key.replace('/', '_')}"] = metrics[key][-1][1]
     if metrics.get("test/err"):
         status["best_test_err"] = min(v for _, v in metrics["test/err"])
     if trainer.is_global_zero:
-        write_status(run_dir, **status)
+        files.write_status(**status)
         if wb is not None:
             from .wandb_io import finish_run
             finish_run(wb, status, ckpt_cb.last_path, cfg)

@@ -3,7 +3,7 @@ import glob
 
 import pytest
 
-from reproduce.loggers import read_metrics
+from reproduce.runs import read_metrics
 from reproduce.schedules import Schedule
 
 from .conftest import run_cli

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reproduce.loggers import read_rows
+from reproduce.runs import read_rows
 from reproduce.wandb_io import summarize_wandb_file
 
 from .conftest import run_cli

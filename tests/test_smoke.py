@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reproduce.config import experiments
-from reproduce.loggers import read_metrics
+from reproduce.runs import read_metrics
 from reproduce.wandb_io import summarize_wandb_file
 
 from .conftest import run_cli

@@ -67,3 +67,9 @@ def test_a_sweep_expands_into_one_run_per_model_and_seed_with_its_overrides():
         ("plain8", 0, 0.1), ("plain8", 1, 0.1), ("resnet8", 0, 0.05), ("resnet8", 1, 0.05)]
     single = model_plans(compose("resnet", "smoke", ["models=[resnet8]", "seeds=[4]"]))
     assert [(name, run.seed) for name, run in single] == [("resnet8", 4)]  # one seed: no suffix
+
+
+def test_every_kind_the_config_accepts_is_registered():
+    from reproduce.config import CHOICES
+    from reproduce.experiments import KINDS
+    assert set(CHOICES["kind"]) == set(KINDS)

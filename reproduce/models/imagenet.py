@@ -8,7 +8,6 @@ projections only where the shape changes, "C" projects everywhere. `shortcut=Non
 """
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 from torch import nn
