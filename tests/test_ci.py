@@ -16,7 +16,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 def test_workflow_passes_actionlint():
     exe = shutil.which("actionlint")
     if exe is None:
-        if os.environ.get("CI"):
+        if os.environ.get("REQUIRE_ACTIONLINT"):  # set by the workflow, which installs the lint extra
             pytest.fail("actionlint missing: install the lint extra (pip install -e '.[lint]')")
         pytest.skip("actionlint not installed (pip install -e '.[lint]'; it downloads the binary from GitHub)")
     proc = subprocess.run([exe, str(WORKFLOW)], capture_output=True, text=True, timeout=60)
