@@ -11,8 +11,16 @@
     log(excess) against log(lr / B), which the formula predicts to be 1.
 (b) Heating and cooling a ResNet: the lr steps between a high and a low value (sweep.cycle);
     the training loss drops on cooling and climbs back on heating, to the same level each time.
+    That is a claim about stationary levels, so the cycle must start from a net at its noise
+    floor: leading phases at the first phase's lr are a burn-in (e.g. cycle [1, 1, 1, 0.1, 1, 0.1]
+    heats for three phases before the first cooling) and only the last of them enters the
+    comparison. Each phase's level is reported with its scatter and its drift (phase_level), so
+    that a phase that has not settled shows as such.
 (c) Batch size as temperature: at a fixed lr a larger batch settles lower; with lr proportional
     to B (the linear scaling rule) runs at different B follow one curve against examples seen.
+    Both statements hold at equal SDE time t = lr x iterations (Mandt et al. 2017; Smith & Le
+    2018): lr proportional to B gives equal t at equal examples, but a fixed lr gives equal t only
+    at equal iterations, so the fixed-lr runs are compared at common iteration counts.
 """
 from __future__ import annotations
 
@@ -94,9 +102,78 @@ def run_quadratic(sweep, out_dir: Path) -> dict:
 
 def plateau(points: List[tuple], start: int, end: int, tail: float = 0.3) -> float:
     """Mean of the values logged in the last `tail` fraction of [start, end]."""
+    return phase_level(points, start, end, tail)["level"]
+
+
+def phase_level(points: List[tuple], start: int, end: int, tail: float = 0.3) -> dict:
+    """The level a curve settles at in the last `tail` fraction of [start, end], and whether it has settled.
+
+    level: mean of the points there; sd: scatter of one point about the line fitted to them (n - 2
+    degrees of freedom); drift: the change of that line across the window (its slope x the window's
+    length), drift_se its standard error. A phase has stopped drifting when |drift| is below sd (the
+    trend across the window is smaller than the scatter of one logged point) or below 3 drift_se (no
+    trend distinguishable from the scatter): the mean is then a level, not a snapshot of a descent.
+    """
     lo = end - (end - start) * tail
-    vals = [v for s, v in points if lo < s <= end]
-    return float(np.mean(vals)) if vals else float("nan")
+    pts = np.array([(x, v) for x, v in points if lo < x <= end], dtype=float)
+    if len(pts) < 3:
+        level = float(pts[:, 1].mean()) if len(pts) else float("nan")
+        return {"level": level, "sd": float("nan"), "drift": float("nan"), "drift_se": float("nan"), "n": len(pts),
+                "settled": False}
+    slope, icpt = np.polyfit(pts[:, 0], pts[:, 1], 1)
+    resid = pts[:, 1] - (slope * pts[:, 0] + icpt)
+    sd = float(np.sqrt((resid ** 2).sum() / (len(pts) - 2)))
+    span = pts[-1, 0] - pts[0, 0]
+    drift = float(slope * span)
+    drift_se = float(sd * span / np.sqrt(((pts[:, 0] - pts[:, 0].mean()) ** 2).sum()))
+    return {"level": float(pts[:, 1].mean()), "sd": sd, "drift": drift, "drift_se": drift_se, "n": len(pts),
+            "settled": abs(drift) < max(sd, 3 * drift_se)}
+
+
+def burn_in(cycle: List[float]) -> int:
+    """Number of leading phases that only bring the net to its noise floor: all but the last of the
+    phases at the first phase's lr before the lr first changes (0 for the plain cycle [1, 0.1, 1, 0.1])."""
+    lead = next((i for i, c in enumerate(cycle) if c != cycle[0]), len(cycle))
+    return max(lead - 1, 0)
+
+
+def cycle_verdicts(levels: List[dict], states: List[str], skip: int = 0) -> List[dict]:
+    """The claims of (b) on per-phase levels (phase_level dicts) and their states (hot / cold).
+
+    From phase `skip` on: each cooling lowers and each heating raises the level by more than the
+    scatter; every phase has stopped drifting; all hot phases sit at one level and all cold phases at
+    another, within the scatter of one point (the largest sd of the phases compared).
+    """
+    out = []
+    idx = list(range(skip, len(levels)))
+    for i, j in zip(idx, idx[1:]):
+        if states[i] == states[j]:
+            continue
+        a, b = levels[i], levels[j]
+        expected = -1 if states[j] == "cold" else 1
+        change = b["level"] - a["level"]
+        tol = max(a["sd"], b["sd"])
+        out.append({"claim": f"phase {i + 1} → {j + 1} ({states[i]} → {states[j]}): level "
+                             f"{'falls' if expected < 0 else 'rises'} by more than the scatter",
+                    "holds": change * expected > tol,
+                    "numbers": f"{a['level']:.3f} → {b['level']:.3f} ({change:+.3f}; scatter {tol:.3f})"})
+    unsettled = [f"phase {i + 1} drifts {levels[i]['drift']:+.3f} (sd {levels[i]['sd']:.3f}, se "
+                 f"{levels[i]['drift_se']:.3f})" for i in idx
+                 if not levels[i]["settled"]]
+    out.append({"claim": "every phase has stopped drifting (|drift over the last 30%| < max(sd, 3 se))",
+                "holds": not unsettled,
+                "numbers": "; ".join(unsettled) if unsettled else "all settled"})
+    for state in ("hot", "cold"):
+        same = [i for i in idx if states[i] == state]
+        if len(same) < 2:
+            continue
+        vals = [levels[i]["level"] for i in same]
+        tol = max(levels[i]["sd"] for i in same)
+        out.append({"claim": f"the {state} phases ({', '.join(str(i + 1) for i in same)}) return to one level, within "
+                             f"the scatter", "holds": max(vals) - min(vals) <= tol,
+                    "numbers": f"{', '.join(f'{v:.3f}' for v in vals)}: spread {max(vals) - min(vals):.3f}, "
+                               f"scatter {tol:.3f}"})
+    return out
 
 
 def temperature_plans(cfg) -> List[tuple]:
