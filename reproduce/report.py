@@ -226,19 +226,24 @@ def verdict_rows(runs: List[dict]) -> List[dict]:
             return st.get("final_test_err") if eval_key == "test/err" else st.get("last_val_err")
 
         def add(claim, ok, numbers):
-            rows.append({"claim": claim, "seed": seed, "verdict": _holds(ok), "numbers": numbers})
+            verdict = "not measurable (too few points)" if ok is None else _holds(ok)
+            rows.append({"claim": claim, "seed": seed, "verdict": verdict, "numbers": numbers})
 
         # 1. steps at the drops
         found, ok = [], True
         for r in rs:
             for key in ("train/err", eval_key):
                 for drop, s in drop_steps(r, key).items():
-                    good = s is not None and s["step"] > 0 and s["step"] >= STEP_OVER_NOISE * s["noise"]
-                    ok &= good
+                    if s is None:
+                        ok = None
+                        found.append(f"{r['model']} {'train' if key == 'train/err' else name} at {drop}: too few points")
+                        continue
+                    good = s["step"] > 0 and s["step"] >= STEP_OVER_NOISE * s["noise"]
+                    ok = ok and good if ok is not None else None
                     label = "train" if key == "train/err" else name
                     found.append(f"{r['model']} {label} at {drop}: " + (
-                        f"{s['step']:+.1f} (sd {s['noise']:.1f}, {s['step'] / s['noise']:.1f}x)" if s and s["noise"] > 0
-                        else (f"{s['step']:+.1f}" if s else "too few points")))
+                        f"{s['step']:+.1f} (sd {s['noise']:.1f}, {s['step'] / s['noise']:.1f}x)" if s["noise"] > 0
+                        else f"{s['step']:+.1f}"))
         if found:
             add(f"1. {name} and training error step down at each lr drop, ≥ {STEP_OVER_NOISE:g}x the point sd", ok,
                 "; ".join(found))

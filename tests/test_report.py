@@ -108,3 +108,11 @@ def test_results_md_carries_the_verdicts_and_the_test_steps(tmp_path):
     text = write_results([{"model": "x"}], tmp_path / "results.md", "# header", drops, runs).read_text()
     assert "## Figure 6's claims on these runs" in text and "| 3. each ResNet beats the plain net of its depth | 0 | holds |" in text
     assert "at 600: test step (point sd)" in text
+
+
+def test_a_step_without_enough_points_is_not_measurable_rather_than_failed(tmp_path):
+    run = _synthetic_run(tmp_path, "resnet20")
+    run["metrics"]["test/err"] = [(x, y) for x, y in run["metrics"]["test/err"] if x > 350]  # 2 points before 400
+    v = _verdicts([run])
+    assert v[("1.", 0)]["verdict"] == "not measurable (too few points)"
+    assert "resnet20 test at 400: too few points" in v[("1.", 0)]["numbers"]
