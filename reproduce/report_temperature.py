@@ -46,14 +46,13 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     ax.grid(alpha=0.3, which="both")
 
     # (b) heating and cooling
-    from .temperature import burn_in, cycle_verdicts, phase_level
+    from .temperature import cycle_verdicts, lr_periods, phase_level
     ax = axes[1]
     cycle_name = next(n for n in runs if n.startswith("cycle-"))
     cyc = runs[cycle_name]
     loss = cyc["metrics"].get("train/loss", [])
     lr = cyc["metrics"].get("lr", [])
     phase_rows, levels, states = [], [], []
-    skip = burn_in(list(cfg.sweep.cycle))
     if loss:
         xs, ys = zip(*loss)
         ax.plot(xs, ys, color="C3", lw=1.2, label="training loss")
@@ -64,18 +63,17 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
         ax2.set_ylabel("lr (grey)")
         sched = _sched(cyc["cfg"])
         bounds = [p.start_step for p in sched.phases] + [sched.total_steps]
-        if skip:
-            ax.axvspan(0, bounds[skip], color="grey", alpha=0.12, lw=0, label="burn-in (not compared)")
-        for i, p in enumerate(sched.phases):
-            lv = phase_level(loss, bounds[i], bounds[i + 1])
+        periods = lr_periods(bounds, [p.lr for p in sched.phases])
+        hot = max(p.lr for p in sched.phases)
+        for i, (start, end, p_lr) in enumerate(periods):
+            lv = phase_level(loss, start, end)
             levels.append(lv)
-            states.append("hot" if p.lr >= max(q.lr for q in sched.phases) else "cold")
-            phase_rows.append({"phase": i + 1, "iterations": f"{bounds[i]}-{bounds[i + 1]}", "lr": f"{p.lr:.4g}",
-                               "state": states[-1] + (" (burn-in)" if i < skip else ""),
+            states.append("hot" if p_lr >= hot else "cold")
+            phase_rows.append({"period": i + 1, "iterations": f"{start}-{end}", "lr": f"{p_lr:.4g}", "state": states[-1],
                                "level: train loss, last 30% (point sd)": f"{lv['level']:.4f} ({lv['sd']:.4f})",
                                "drift over the last 30%": f"{lv['drift']:+.4f}",
                                "stopped drifting": "yes" if lv["settled"] else "no"})
-            ax.hlines(lv["level"], bounds[i] + 0.7 * (bounds[i + 1] - bounds[i]), bounds[i + 1], color="k", lw=2)
+            ax.hlines(lv["level"], start + 0.7 * (end - start), end, color="k", lw=2)
         ax.legend(fontsize=7, loc="upper right")
     ax.set_xlabel("iterations")
     ax.set_ylabel("training loss")
@@ -117,7 +115,7 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     plt.close(fig)
 
     verdicts = [f"- {v['claim']}: **{'holds' if v['holds'] else 'does not hold'}** ({v['numbers']})"
-                for v in cycle_verdicts(levels, states, skip)] if levels else []
+                for v in cycle_verdicts(levels, states)] if levels else []
     # fixed lr at equal iterations (equal SDE time): the level over the last 30% of the first k
     # iterations, for k up to the shortest fixed-lr run
     step_rows = []
@@ -151,9 +149,9 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
             f"within 10%: {'yes' if quad['slope_within_10pct'] else 'NO'}). Prediction lr·tr(C)/(4B), C = σ²H "
             f"(Mandt et al. 2017, small-lr limit); largest lr·λmax = {quad['lr_max_eig']:.3g}.", "",
             markdown_table(qrows), "## (b) heating and cooling a ResNet", "",
-            f"lr multipliers {list(cfg.sweep.cycle)}; the first {skip} phase(s) are a burn-in at the hot lr, "
-            "not compared. Level = mean training loss over the last 30% of the phase; point sd = scatter of one "
-            "logged point about the line fitted there; drift = that line's change across the window.", "",
+            f"lr multipliers per phase {list(cfg.sweep.cycle)}; consecutive phases at one lr form a period. Level = "
+            "mean training loss over the last 30% of the period; point sd = scatter of one logged point about the "
+            "line fitted there; drift = that line's change across the window.", "",
             markdown_table(phase_rows),
             "## (c) batch size as temperature", "", markdown_table(sorted(batch_rows, key=lambda r: (r["rule"], r["batch"]))),
             "Fixed lr at equal iterations (equal SDE time lr × iterations): training loss over the last 30% of the "

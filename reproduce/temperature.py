@@ -12,10 +12,9 @@
 (b) Heating and cooling a ResNet: the lr steps between a high and a low value (sweep.cycle);
     the training loss drops on cooling and climbs back on heating, to the same level each time.
     That is a claim about stationary levels, so the cycle must start from a net at its noise
-    floor: leading phases at the first phase's lr are a burn-in (e.g. cycle [1, 1, 1, 0.1, 1, 0.1]
-    heats for three phases before the first cooling) and only the last of them enters the
-    comparison. Each phase's level is reported with its scatter and its drift (phase_level), so
-    that a phase that has not settled shows as such.
+    floor and each period must last until the loss stops drifting: a repeated multiplier in
+    sweep.cycle lengthens a period (lr_periods). Each period's level is reported with its scatter
+    and its drift (phase_level), so that a period that has not settled shows as such.
 (c) Batch size as temperature: at a fixed lr a larger batch settles lower; with lr proportional
     to B (the linear scaling rule) runs at different B follow one curve against examples seen.
     Both statements hold at equal SDE time t = lr x iterations (Mandt et al. 2017; Smith & Le
@@ -130,22 +129,32 @@ def phase_level(points: List[tuple], start: int, end: int, tail: float = 0.3) ->
             "settled": abs(drift) < max(sd, 3 * drift_se)}
 
 
-def burn_in(cycle: List[float]) -> int:
-    """Number of leading phases that only bring the net to its noise floor: all but the last of the
-    phases at the first phase's lr before the lr first changes (0 for the plain cycle [1, 0.1, 1, 0.1])."""
-    lead = next((i for i, c in enumerate(cycle) if c != cycle[0]), len(cycle))
-    return max(lead - 1, 0)
+def lr_periods(bounds: List[int], lrs: List[float]) -> List[tuple]:
+    """Merge consecutive schedule phases at the same lr into one period: (start, end, lr) each.
 
-
-def cycle_verdicts(levels: List[dict], states: List[str], skip: int = 0) -> List[dict]:
-    """The claims of (b) on per-phase levels (phase_level dicts) and their states (hot / cold).
-
-    From phase `skip` on: each cooling lowers and each heating raises the level by more than the
-    scatter; every phase has stopped drifting; all hot phases sit at one level and all cold phases at
-    another, within the scatter of one point (the largest sd of the phases compared).
+    sweep.cycle lists one lr multiplier per equal-length phase, so a repeated multiplier makes a
+    longer period: [1, 1, 0.1, 0.1, 0.1, 0.1, ...] holds the hot lr for 2 phases and the cold lr
+    for 4 (the cold lr needs more iterations to cover the same SDE time lr x iterations).
     """
     out = []
-    idx = list(range(skip, len(levels)))
+    for i, lr in enumerate(lrs):
+        if out and out[-1][2] == lr:
+            out[-1] = (out[-1][0], bounds[i + 1], lr)
+        else:
+            out.append((bounds[i], bounds[i + 1], lr))
+    return out
+
+
+def cycle_verdicts(levels: List[dict], states: List[str]) -> List[dict]:
+    """The claims of (b) on per-period levels (phase_level dicts) and their states (hot / cold).
+
+    Each cooling lowers and each heating raises the level by more than the scatter; every period has
+    stopped drifting (the first one too: the cycle must start from a net at its noise floor); all hot
+    periods sit at one level and all cold periods at another, within the scatter of one point (the
+    largest sd of the periods compared).
+    """
+    out = []
+    idx = list(range(len(levels)))
     for i, j in zip(idx, idx[1:]):
         if states[i] == states[j]:
             continue
@@ -153,14 +162,14 @@ def cycle_verdicts(levels: List[dict], states: List[str], skip: int = 0) -> List
         expected = -1 if states[j] == "cold" else 1
         change = b["level"] - a["level"]
         tol = max(a["sd"], b["sd"])
-        out.append({"claim": f"phase {i + 1} → {j + 1} ({states[i]} → {states[j]}): level "
+        out.append({"claim": f"period {i + 1} → {j + 1} ({states[i]} → {states[j]}): level "
                              f"{'falls' if expected < 0 else 'rises'} by more than the scatter",
                     "holds": change * expected > tol,
                     "numbers": f"{a['level']:.3f} → {b['level']:.3f} ({change:+.3f}; scatter {tol:.3f})"})
-    unsettled = [f"phase {i + 1} drifts {levels[i]['drift']:+.3f} (sd {levels[i]['sd']:.3f}, se "
+    unsettled = [f"period {i + 1} drifts {levels[i]['drift']:+.3f} (sd {levels[i]['sd']:.3f}, se "
                  f"{levels[i]['drift_se']:.3f})" for i in idx
                  if not levels[i]["settled"]]
-    out.append({"claim": "every phase has stopped drifting (|drift over the last 30%| < max(sd, 3 se))",
+    out.append({"claim": "every period has stopped drifting (|drift over the last 30%| < max(sd, 3 se))",
                 "holds": not unsettled,
                 "numbers": "; ".join(unsettled) if unsettled else "all settled"})
     for state in ("hot", "cold"):
@@ -169,7 +178,7 @@ def cycle_verdicts(levels: List[dict], states: List[str], skip: int = 0) -> List
             continue
         vals = [levels[i]["level"] for i in same]
         tol = max(levels[i]["sd"] for i in same)
-        out.append({"claim": f"the {state} phases ({', '.join(str(i + 1) for i in same)}) return to one level, within "
+        out.append({"claim": f"the {state} periods ({', '.join(str(i + 1) for i in same)}) return to one level, within "
                              f"the scatter", "holds": max(vals) - min(vals) <= tol,
                     "numbers": f"{', '.join(f'{v:.3f}' for v in vals)}: spread {max(vals) - min(vals):.3f}, "
                                f"scatter {tol:.3f}"})

@@ -1,7 +1,7 @@
-"""The analysis of temperature (b) and (c) on synthetic curves: levels, drift, burn-in, verdicts."""
+"""The analysis of temperature (b) on synthetic curves: periods, levels, drift, verdicts."""
 import numpy as np
 
-from reproduce.temperature import burn_in, cycle_verdicts, phase_level
+from reproduce.temperature import cycle_verdicts, lr_periods, phase_level
 
 
 def _noisy(levels, phase=300, every=10, sd=0.02, slope=0.0, seed=0):
@@ -14,10 +14,11 @@ def _levels(points, n, phase=300):
     return [phase_level(points, i * phase, (i + 1) * phase) for i in range(n)]
 
 
-def test_burn_in_counts_the_leading_hot_phases_but_the_last():
-    assert burn_in([1.0, 0.1, 1.0, 0.1]) == 0
-    assert burn_in([1.0, 1.0, 1.0, 0.1, 1.0, 0.1]) == 2
-    assert burn_in([1.0, 1.0]) == 1
+def test_lr_periods_merge_consecutive_phases_at_one_lr():
+    bounds = [0, 100, 200, 300, 400, 500, 600]
+    assert lr_periods(bounds, [0.1, 0.1, 0.01, 0.01, 0.01, 0.1]) == [(0, 200, 0.1), (200, 500, 0.01), (500, 600, 0.1)]
+    assert lr_periods(bounds[:5], [0.1, 0.01, 0.1, 0.01]) == [(0, 100, 0.1), (100, 200, 0.01), (200, 300, 0.1),
+                                                              (300, 400, 0.01)]
 
 
 def test_phase_level_measures_level_scatter_and_drift():
@@ -28,12 +29,12 @@ def test_phase_level_measures_level_scatter_and_drift():
 
 
 def test_cycle_verdicts_hold_for_a_stationary_cycle():
-    states = ["hot", "hot", "hot", "cold", "hot", "cold"]
-    pts = _noisy([1.4, 1.4, 1.4, 0.9, 1.4, 0.9])
-    v = cycle_verdicts(_levels(pts, 6), states, skip=burn_in([1, 1, 1, 0.1, 1, 0.1]))
+    states = ["hot", "cold", "hot", "cold"]
+    pts = _noisy([1.4, 0.9, 1.4, 0.9])
+    v = cycle_verdicts(_levels(pts, 4), states)
     assert all(x["holds"] for x in v), v
     claims = " ".join(x["claim"] for x in v)
-    assert "hot phases (3, 5)" in claims and "cold phases (4, 6)" in claims and "phase 1" not in claims
+    assert "hot periods (1, 3)" in claims and "cold periods (2, 4)" in claims
 
 
 def test_cycle_verdicts_fail_when_the_net_is_still_learning():
@@ -42,6 +43,6 @@ def test_cycle_verdicts_fail_when_the_net_is_still_learning():
     pts = _noisy([2.2, 1.9, 1.8, 1.5], slope=-0.002)  # -0.16 per 30% of a phase
     v = {x["claim"].split(" (")[0]: x for x in cycle_verdicts(_levels(pts, 4), states)}
     assert [lv["settled"] for lv in _levels(pts, 4)] == [False] * 4
-    assert not v["every phase has stopped drifting"]["holds"]
-    assert not v["the hot phases"]["holds"] and not v["the cold phases"]["holds"]
-    assert v["phase 1 → 2"]["holds"]  # cooling still lowers the loss
+    assert not v["every period has stopped drifting"]["holds"]
+    assert not v["the hot periods"]["holds"] and not v["the cold periods"]["holds"]
+    assert v["period 1 → 2"]["holds"]  # cooling still lowers the loss
