@@ -36,7 +36,7 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final error on "
               f"{final_on}; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
     steps = drop_rows(runs)
-    table = write_results(rows, exp_dir / "results.md", header, steps)
+    table = write_results(rows, exp_dir / "results.md", header, steps, runs)
     from .wandb_io import curve_rows, log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, fig, rows, {"lr_drops": steps, "curves": curve_rows(runs)})
     return {"figure": fig, "results": table}

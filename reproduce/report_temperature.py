@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .levels import cycle_verdicts, lr_periods, phase_level  # noqa: E402
 from .report import markdown_table  # noqa: E402
 from .schedules import Schedule  # noqa: E402
 
@@ -27,7 +28,6 @@ def _examples(run_cfg, steps):
 
 
 def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[str, dict]) -> Dict[str, Path]:
-    from .temperature import plateau
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
 
     # (a) measured vs predicted stationary excess loss
@@ -52,7 +52,7 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     cyc = runs[cycle_name]
     loss = cyc["metrics"].get("train/loss", [])
     lr = cyc["metrics"].get("lr", [])
-    phase_rows = []
+    phase_rows, levels, states = [], [], []
     if loss:
         xs, ys = zip(*loss)
         ax.plot(xs, ys, color="C3", lw=1.2, label="training loss")
@@ -63,19 +63,25 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
         ax2.set_ylabel("lr (grey)")
         sched = _sched(cyc["cfg"])
         bounds = [p.start_step for p in sched.phases] + [sched.total_steps]
-        for i, p in enumerate(sched.phases):
-            level = plateau(loss, bounds[i], bounds[i + 1])
-            phase_rows.append({"phase": i + 1, "iterations": f"{bounds[i]}-{bounds[i + 1]}", "lr": f"{p.lr:.4g}",
-                               "state": "hot" if p.lr >= max(q.lr for q in sched.phases) else "cold",
-                               "train loss, last 30% of phase": f"{level:.4f}"})
-            ax.hlines(level, bounds[i] + 0.7 * (bounds[i + 1] - bounds[i]), bounds[i + 1], color="k", lw=2)
+        periods = lr_periods(bounds, [p.lr for p in sched.phases])
+        hot = max(p.lr for p in sched.phases)
+        for i, (start, end, p_lr) in enumerate(periods):
+            lv = phase_level(loss, start, end)
+            levels.append(lv)
+            states.append("hot" if p_lr >= hot else "cold")
+            phase_rows.append({"period": i + 1, "iterations": f"{start}-{end}", "lr": f"{p_lr:.4g}", "state": states[-1],
+                               "level: train loss, last 30% (point sd)": f"{lv['level']:.4f} ({lv['sd']:.4f})",
+                               "drift over the last 30%": f"{lv['drift']:+.4f}",
+                               "stopped drifting": "yes" if lv["settled"] else "no"})
+            ax.hlines(lv["level"], start + 0.7 * (end - start), end, color="k", lw=2)
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_xlabel("iterations")
     ax.set_ylabel("training loss")
     ax.set_title(f"(b) heating and cooling {cyc['cfg'].models[0]}")
 
-    # (c) batch size as temperature
+    # (c) batch size as temperature, against SDE time lr x iterations (module docstring)
     ax = axes[2]
-    batch_rows = []
+    batch_rows, fixed_runs = [], {}
     for name, run in runs.items():
         if not name.startswith("batch"):
             continue
@@ -86,16 +92,20 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
         if b == run["cfg"].schedule.ref_batch:
             rule = "reference"
         steps, vals = zip(*pts)
-        ex = _examples(run["cfg"], steps)
         style = {"linear": "-", "none": ":", "reference": "-"}[rule]
         colour = f"C{sorted(cfg.sweep.batches).index(b)}"
         s = _sched(run["cfg"])
-        ax.plot(ex, vals, style, color=colour,
-                label=f"B={b}, lr={s.phases[0].lr:.3g} ({RULE_NAMES[rule]})", lw=2.4 if rule == "reference" else 1.4)
-        batch_rows.append({"batch": b, "rule": RULE_NAMES[rule],
-                           "lr": f"{s.phases[0].lr:.4g}", "lr/B": f"{s.phases[0].lr / b:.3g}",
-                           "train loss, last 30%": f"{plateau(pts, 0, s.total_steps):.4f}"})
-    ax.set_xlabel("examples seen")
+        lr0 = s.phases[0].lr
+        ax.plot(np.array(steps) * lr0, vals, style, color=colour,
+                label=f"B={b}, lr={lr0:.3g} ({RULE_NAMES[rule]})", lw=2.4 if rule == "reference" else 1.4)
+        if rule != "linear":
+            fixed_runs[b] = (pts, s.total_steps)
+        lv = phase_level(pts, 0, s.total_steps)
+        batch_rows.append({"batch": b, "rule": RULE_NAMES[rule], "lr": f"{lr0:.4g}", "lr/B": f"{lr0 / b:.3g}",
+                           "iterations": s.total_steps,
+                           "train loss, last 30% (point sd)": f"{lv['level']:.4f} ({lv['sd']:.4f})",
+                           "drift over the last 30%": f"{lv['drift']:+.4f}"})
+    ax.set_xlabel("lr × iterations (SDE time)")
     ax.set_ylabel("training loss")
     ax.set_title("(c) batch size: dotted fixed lr, solid lr ∝ B")
     ax.legend(fontsize=7)
@@ -104,29 +114,32 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     fig.savefig(figure, dpi=110)
     plt.close(fig)
 
-    verdicts = []
-    levels = [float(r["train loss, last 30% of phase"]) for r in phase_rows]
-    states = [r["state"] for r in phase_rows]
-    for i in range(1, len(levels)):
-        change = "down" if levels[i] < levels[i - 1] else "up"
-        expected = "down" if states[i] == "cold" else "up"
-        verdicts.append(f"- phase {i} → {i + 1} ({states[i - 1]} → {states[i]}): loss {levels[i - 1]:.3f} → "
-                        f"{levels[i]:.3f}, {change} ({'as predicted' if change == expected else 'NOT as predicted'})")
-    for state in ("hot", "cold"):
-        same = [lv for lv, st in zip(levels, states) if st == state]
-        if len(same) > 1:
-            verdicts.append(f"- {state} phases settle at {', '.join(f'{v:.3f}' for v in same)}: spread "
-                            f"{max(same) - min(same):.3f} ({100 * (max(same) - min(same)) / max(same):.0f}% of the level)")
-    fixed = sorted((r["batch"], float(r["train loss, last 30%"])) for r in batch_rows if r["rule"] != RULE_NAMES["linear"])
-    linear = sorted((r["batch"], float(r["train loss, last 30%"])) for r in batch_rows if r["rule"] != RULE_NAMES["none"])
-    if len(fixed) > 1:
-        lower = all(b[1] < a[1] for a, b in zip(fixed, fixed[1:]))
-        verdicts.append(f"- fixed lr: loss by batch {', '.join(f'B={b}: {v:.3f}' for b, v in fixed)} — larger B "
-                        f"{'settles lower, as predicted' if lower else 'does NOT settle lower in this run'}")
+    verdicts = [f"- {v['claim']}: **{'holds' if v['holds'] else 'does not hold'}** ({v['numbers']})"
+                for v in cycle_verdicts(levels, states)] if levels else []
+    # fixed lr at equal iterations (equal SDE time): the level over the last 30% of the first k
+    # iterations, for k up to the shortest fixed-lr run
+    step_rows = []
+    if len(fixed_runs) > 1:
+        shortest = min(n for _, n in fixed_runs.values())
+        for k in (shortest // 4, shortest // 2, shortest):
+            row = {"iterations": k}
+            for b in sorted(fixed_runs):
+                lv = phase_level(fixed_runs[b][0], 0, k)
+                row[f"B={b}"] = f"{lv['level']:.4f} ({lv['sd']:.4f})"
+            step_rows.append(row)
+            lows = [phase_level(fixed_runs[b][0], 0, k) for b in sorted(fixed_runs)]
+            ok = all(hi["level"] - lo["level"] > max(hi["sd"], lo["sd"]) for hi, lo in zip(lows, lows[1:]))
+            verdicts.append(f"- fixed lr, after {k} iterations: each larger batch lower by more than the scatter: "
+                            f"**{'holds' if ok else 'does not hold'}** ("
+                            + ", ".join(f"B={b}: {lv['level']:.3f}" for b, lv in zip(sorted(fixed_runs), lows)) + ")")
+    linear = sorted((r["batch"], float(r["train loss, last 30% (point sd)"].split()[0])) for r in batch_rows
+                    if r["rule"] != RULE_NAMES["none"])
+    fixed_end = [float(r["train loss, last 30% (point sd)"].split()[0]) for r in batch_rows if r["rule"] != RULE_NAMES["linear"]]
     if len(linear) > 1:
         vals = [v for _, v in linear]
-        verdicts.append(f"- lr ∝ B: loss by batch {', '.join(f'B={b}: {v:.3f}' for b, v in linear)} — spread "
-                        f"{max(vals) - min(vals):.3f} (fixed lr: {max(v for _, v in fixed) - min(v for _, v in fixed):.3f})")
+        verdicts.append(f"- lr ∝ B, at equal examples (equal SDE time): loss by batch "
+                        f"{', '.join(f'B={b}: {v:.3f}' for b, v in linear)} — spread {max(vals) - min(vals):.3f} "
+                        f"(fixed lr at equal examples: {max(fixed_end) - min(fixed_end):.3f})")
 
     qrows = [{"lr": r["lr"], "B": r["batch"], "lr/B": f"{r['temperature']:.3g}", "measured": f"{r['measured']:.4g}",
               "predicted lr tr(C)/4B": f"{r['predicted']:.4g}", "measured/predicted": f"{r['ratio']:.3f}"} for r in rows]
@@ -135,8 +148,14 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
             f"Slope of log(excess) on log(lr/B): **{quad['slope']:.3f} ± {quad['slope_se']:.3f}** (theory: 1; "
             f"within 10%: {'yes' if quad['slope_within_10pct'] else 'NO'}). Prediction lr·tr(C)/(4B), C = σ²H "
             f"(Mandt et al. 2017, small-lr limit); largest lr·λmax = {quad['lr_max_eig']:.3g}.", "",
-            markdown_table(qrows), "## (b) heating and cooling a ResNet", "", markdown_table(phase_rows),
+            markdown_table(qrows), "## (b) heating and cooling a ResNet", "",
+            f"lr multipliers per phase {list(cfg.sweep.cycle)}; consecutive phases at one lr form a period. Level = "
+            "mean training loss over the last 30% of the period; point sd = scatter of one logged point about the "
+            "line fitted there; drift = that line's change across the window.", "",
+            markdown_table(phase_rows),
             "## (c) batch size as temperature", "", markdown_table(sorted(batch_rows, key=lambda r: (r["rule"], r["batch"]))),
+            "Fixed lr at equal iterations (equal SDE time lr × iterations): training loss over the last 30% of the "
+            "first k iterations (point sd).", "", markdown_table(step_rows) if step_rows else "(no fixed-lr runs)\n",
             "## What held", "", *verdicts, ""]
     results = exp_dir / "results.md"
     results.write_text("\n".join(text))

@@ -11,8 +11,15 @@
     log(excess) against log(lr / B), which the formula predicts to be 1.
 (b) Heating and cooling a ResNet: the lr steps between a high and a low value (sweep.cycle);
     the training loss drops on cooling and climbs back on heating, to the same level each time.
+    That is a claim about stationary levels, so the cycle must start from a net at its noise
+    floor and each period must last until the loss stops drifting: a repeated multiplier in
+    sweep.cycle lengthens a period (lr_periods). Each period's level is reported with its scatter
+    and its drift (phase_level), so that a period that has not settled shows as such.
 (c) Batch size as temperature: at a fixed lr a larger batch settles lower; with lr proportional
     to B (the linear scaling rule) runs at different B follow one curve against examples seen.
+    Both statements hold at equal SDE time t = lr x iterations (Mandt et al. 2017; Smith & Le
+    2018): lr proportional to B gives equal t at equal examples, but a fixed lr gives equal t only
+    at equal iterations, so the fixed-lr runs are compared at common iteration counts.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .config import for_model
 from .sweep import run_plans
+from .report_temperature import temperature_report
 from .runs import read_metrics
 
 
@@ -93,13 +101,6 @@ def run_quadratic(sweep, out_dir: Path) -> dict:
 # (b), (c): ResNet runs
 
 
-def plateau(points: List[tuple], start: int, end: int, tail: float = 0.3) -> float:
-    """Mean of the values logged in the last `tail` fraction of [start, end]."""
-    lo = end - (end - start) * tail
-    vals = [v for s, v in points if lo < s <= end]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def temperature_plans(cfg) -> List[tuple]:
     model = cfg.models[0]
     base = for_model(cfg, model, cfg.seed)
@@ -133,5 +134,4 @@ def run_temperature(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     quad = json.loads((exp_dir / "quadratic.json").read_text())
     runs = {name: {"cfg": run_cfg, "metrics": read_metrics(exp_dir / name / "metrics.csv")
                    if (exp_dir / name / "metrics.csv").exists() else {}} for name, run_cfg in plans}
-    from .report_temperature import temperature_report
     return temperature_report(cfg, exp_dir, group, quad, runs)
