@@ -1,6 +1,6 @@
 """Every use of a Lightning internal, and the package's step-counting rule, in one place.
 
-Checked against pytorch-lightning 2.4 - 2.6 (setup.cfg bounds it below 2.7): the private names
+Checked against pytorch-lightning 2.5.0 and 2.6.6 (setup.cfg: >=2.5.0,<2.7): the private names
 used here are `fit_loop.epoch_loop._should_accumulate()` and `fit_loop.epoch_loop.batch_idx`.
 If a Lightning release renames them, this module is the one to change, and the resume tests
 (tests/test_resume.py) are the ones that notice.
