@@ -6,11 +6,17 @@ from reproduce.config import ConfigError, compose, experiments
 from .conftest import run_cli
 
 
-def test_every_experiment_composes_in_every_profile():
+def test_every_experiment_composes_and_each_profile_changes_the_run():
+    """Each YAML composes in every profile, its `kind` is the one it declares, and --quick and
+    --smoke really change what runs (the smoke profile: synthetic data, a few iterations)."""
+    from reproduce.config import CONFIG_DIR, load_yaml, to_dict
     for name in experiments():
-        for profile in ("paper", "quick", "smoke"):
-            cfg = compose(name, profile)
-            assert cfg.experiment == name and cfg.profile == profile
+        paper, quick, smoke = (compose(name, p) for p in ("paper", "quick", "smoke"))
+        declared = load_yaml(CONFIG_DIR / f"{name}.yaml").get("kind")
+        assert declared is None or paper.kind == declared
+        strip = lambda c: {k: v for k, v in to_dict(c).items() if k != "profile"}  # noqa: E731
+        assert strip(quick) != strip(paper) and strip(smoke) != strip(quick), name
+        assert smoke.schedule.max_steps <= 64 and (smoke.data.dataset == "synthetic" or smoke.data.root == "tiny"), name
 
 
 @pytest.mark.parametrize("overrides,message", [

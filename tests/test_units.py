@@ -73,3 +73,17 @@ def test_every_kind_the_config_accepts_is_registered():
     from reproduce.config import CHOICES
     from reproduce.experiments import KINDS
     assert set(CHOICES["kind"]) == set(KINDS)
+
+
+def test_predicted_excess_matches_simulated_sgd_and_scales_as_lr_over_batch():
+    """The temperature claim in its exact setting: the stationary excess loss of SGD on least
+    squares is lr tr(C) / 4B in the small-lr limit, so doubling lr or halving B doubles it."""
+    import torch
+
+    from reproduce.temperature import predicted_excess, quadratic_excess
+    eigs = torch.linspace(0.1, 1.0, 4, dtype=torch.float64)
+    for lr, batch in ((0.01, 4), (0.02, 4), (0.02, 8)):
+        simulated = quadratic_excess(lr, batch, 4, 1.0, eigs, steps=3000, chains=256)
+        assert simulated == pytest.approx(predicted_excess(lr, batch, 1.0, eigs), rel=0.1), (lr, batch)
+    assert predicted_excess(0.02, 4, 1.0, eigs) == pytest.approx(2 * predicted_excess(0.01, 4, 1.0, eigs))
+    assert predicted_excess(0.02, 8, 1.0, eigs) == pytest.approx(predicted_excess(0.01, 4, 1.0, eigs))
