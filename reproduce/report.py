@@ -10,9 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from .runs import read_metrics, read_status  # noqa: E402
+from .runs import RunDir  # noqa: E402
 from .models import depth_of, is_residual  # noqa: E402
 from .schedules import Schedule  # noqa: E402
 from .wandb_io import PAPER_TABLE6  # noqa: E402
@@ -27,12 +26,12 @@ def colour(depth: int) -> str:
 
 def load_runs(run_dirs: List[Path]) -> List[dict]:
     runs = []
-    for d in run_dirs:
-        if not (d / "config.yaml").exists():
+    for d in map(Path, run_dirs):
+        files = RunDir(d)
+        cfg = files.config()
+        if cfg is None:
             continue
-        cfg = OmegaConf.load(d / "config.yaml")
-        metrics = read_metrics(d / "metrics.csv") if (d / "metrics.csv").exists() else {}
-        runs.append({"dir": d, "cfg": cfg, "model": cfg.models[0], "metrics": metrics, "status": read_status(d)})
+        runs.append({"dir": d, "cfg": cfg, "model": cfg.models[0], "metrics": files.metrics(), "status": files.status()})
     return runs
 
 

@@ -81,6 +81,11 @@ class RunDir:
         tmp.write_text(json.dumps(status, indent=1))
         os.replace(tmp, self.status_path)
 
+    def config(self):
+        """The run's resolved config (an OmegaConf DictConfig), or None before it was written."""
+        from omegaconf import OmegaConf  # only readers of configs need it
+        return OmegaConf.load(self.config_path) if self.config_path.exists() else None
+
     def metrics(self) -> Dict[str, List[tuple]]:
         return read_metrics(self.metrics_path) if self.metrics_path.exists() else {}
 
