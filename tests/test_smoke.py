@@ -35,7 +35,8 @@ def test_resnet_smoke_writes_figure_table_csv_checkpoints(resnet_smoke):
         assert {"train/loss", "train/err", "lr", "batch_size", "temperature", "val/err"} <= set(metrics)
     assert "| resnet110 | 1 | 8 |" in table and "FAILED" not in table
     assert "6.43" in table  # the paper's Table 6 beside ours
-    assert "## Training error at each lr drop" in table and "| at 4: before → after |" in table
+    assert "## Error at each lr drop" in table and "| at 4: before → after |" in table
+    assert "## Figure 6's claims on these runs" in table  # verdicts (too few points at smoke length)
 
 
 def test_lr_logged_is_the_schedule_halved_twice(resnet_smoke):
