@@ -9,11 +9,6 @@ from typing import List
 import numpy as np
 
 
-def plateau(points: List[tuple], start: int, end: int, tail: float = 0.3) -> float:
-    """Mean of the values logged in the last `tail` fraction of [start, end]."""
-    return phase_level(points, start, end, tail)["level"]
-
-
 def phase_level(points: List[tuple], start: int, end: int, tail: float = 0.3) -> dict:
     """The level a curve settles at in the last `tail` fraction of [start, end], and whether it has settled.
 
