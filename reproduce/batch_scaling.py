@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from .config import for_model
+from .report_batch_scaling import batch_scaling_report
 from .sweep import run_plans
 from .data.datamodule import train_size_of
 from .runs import read_metrics
@@ -48,7 +49,6 @@ def batch_scaling_plans(cfg) -> List[tuple]:
 
 
 def run_batch_scaling(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
-    from .report_temperature import batch_scaling_report
     plans = batch_scaling_plans(cfg)
     run_plans(cfg, [(name, run_cfg) for name, _, run_cfg in plans], exp_dir, group)
     if rank_zero_only.rank != 0 or cfg.only:

@@ -45,7 +45,7 @@ def dry_run(cfg) -> str:
     plans = KINDS[cfg.kind].plans(cfg)
     shown = {}
     for name, run in plans:
-        sched = Schedule.from_config(run.schedule, run.data.batch_size)
+        sched = Schedule.for_run(run)
         text = "\n".join(sched.describe(n))
         shown.setdefault(text, []).append((name, sched, run))
     for text, items in shown.items():
@@ -64,7 +64,7 @@ def dry_run(cfg) -> str:
 def _resume_config(experiment: str, where: str, overrides):
     from omegaconf import OmegaConf
 
-    from .config import ConfigError, _merge, apply_override, new_config, validate
+    from .config import ConfigError, _merge, apply_override, derive, new_config, validate
     from .sweep import SWEEP_CONFIG
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
@@ -75,6 +75,7 @@ def _resume_config(experiment: str, where: str, overrides):
             for item in overrides:
                 cfg = apply_override(cfg, item)
             cfg.out_dir, cfg.resume = str(candidate.parent.parent), True
+            cfg = derive(cfg)
             validate(cfg)
             return cfg
     raise ConfigError(f"--resume {where}: no run to resume there (looked for {base / SWEEP_CONFIG} "
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
     quiet_libraries()
     debug = "--debug" in argv
     if debug:
-        os.environ["REPRODUCE_DEBUG"] = "1"
+        from .sweep import DEBUG_ENV
+        os.environ[DEBUG_ENV] = "1"
     try:
         return _main(argv)
     except KeyboardInterrupt:

@@ -279,6 +279,7 @@ def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) 
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. schedule.factor=0.1)")
         cfg = apply_override(cfg, item)
+    cfg = derive(cfg)
     validate(cfg)
     return cfg
 
@@ -295,14 +296,21 @@ def apply_override(cfg: DictConfig, item: str) -> DictConfig:
     return _merge(cfg, dot, f"override '{item}'")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that span keys or need more than a type: one line per mistake, naming the key.
-    Also derives data.batch_size from data.per_device_batch when that is set."""
+def derive(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` with the keys that follow from others filled in: data.batch_size from
+    data.per_device_batch when that is set (the global batch is what the schedule is stated for)."""
     d, t = cfg.data, cfg.trainer
-    if d.per_device_batch is not None:
-        if d.per_device_batch <= 0:
-            raise ConfigError(f"data.per_device_batch must be positive, got {d.per_device_batch}")
-        d.batch_size = d.per_device_batch * t.devices * t.num_nodes * t.accumulate
+    if d.per_device_batch is None:
+        return cfg
+    if d.per_device_batch <= 0:
+        raise ConfigError(f"data.per_device_batch must be positive, got {d.per_device_batch}")
+    return _merge(cfg, {"data": {"batch_size": d.per_device_batch * t.devices * t.num_nodes * t.accumulate}},
+                  "data.per_device_batch")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span keys or need more than a type: one line per mistake, naming the key. Reads
+    `cfg` only (`derive` fills in the derived keys before)."""
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:
@@ -354,6 +362,7 @@ def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:
     run = OmegaConf.merge(cfg, {"models": [model], "seed": seed})
     if model in cfg.per_model:
         run = _merge(run, cfg.per_model[model], f"per_model.{model}")
+    run = derive(run)
     validate(run)
     return run
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from .runs import RunDir  # noqa: E402
 from .models import depth_of, is_residual  # noqa: E402
 from .schedules import Schedule  # noqa: E402
-from .wandb_io import PAPER_TABLE6  # noqa: E402
+from .paper import PAPER_TABLE6  # noqa: E402
 
 DEPTH_COLOURS = {20: "#e69f00", 32: "#56b4e9", 44: "#009e73", 56: "#d55e00", 110: "#000000", 1202: "#cc79a7",
                  18: "#e69f00", 34: "#d55e00", 8: "#999999", 14: "#0072b2", 26: "#f0e442", 38: "#882255"}
@@ -36,7 +36,7 @@ def load_runs(run_dirs: List[Path]) -> List[dict]:
 
 
 def milestone_steps(cfg) -> List[int]:
-    return Schedule.from_config(cfg.schedule, cfg.data.batch_size).milestone_steps()
+    return Schedule.for_run(cfg).milestone_steps()
 
 
 def curves_figure(runs: List[dict], path: Path, title: str = "") -> Path:

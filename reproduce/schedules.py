@@ -17,6 +17,7 @@ batch, i.e. positions in *examples seen* (iterations x ref_batch). When the batc
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -74,11 +75,17 @@ class Schedule:
         self._starts = [p.start_step for p in self.phases]
 
     @classmethod
-    def from_config(cls, s, batch_size: int) -> "Schedule":
-        return cls(lr=s.lr, ref_batch=s.ref_batch, batch_size=batch_size, milestones=list(s.milestones),
-                   max_steps=s.max_steps, factor=s.factor, scaling=s.scaling, decay=s.decay,
-                   max_batch=s.max_batch, warmup=s.warmup, warmup_steps=s.warmup_steps,
-                   warmup_lr=s.warmup_lr, warmup_until_err=s.warmup_until_err, cycle=list(s.cycle))
+    def for_run(cls, run_cfg) -> "Schedule":
+        """The schedule of one run: its `schedule:` section at its batch (`data.batch_size`).
+
+        Every `schedule.*` key named like a parameter of `__init__` is passed on, so a new key of
+        the rule needs no second list here; the rest (`on_plateau`, `plateau_*`, `max_drops`) belong
+        to the LRSchedule callback, which decides the plateau drops at run time.
+        """
+        keys = inspect.signature(cls.__init__).parameters.keys() - {"self", "batch_size"}
+        s = run_cfg.schedule
+        return cls(batch_size=run_cfg.data.batch_size,
+                   **{k: list(s[k]) if k in ("milestones", "cycle") else s[k] for k in keys})
 
     def phase(self, step: int) -> Phase:
         return self.phases[max(0, bisect.bisect_right(self._starts, step) - 1)]

@@ -7,6 +7,7 @@ results.md). `run_plans` trains the (name, run config) pairs a kind's `plans` gi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -92,7 +93,7 @@ def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
             continue
         resume = cfg.resume and status.get("status") in ("running", "interrupted", "failed")
         say(SWEEP.start(name, resume))
-        status = run_one(run_cfg, run_dir, group, resume=resume, name=name)
+        status = run_one(run_cfg, run_dir, group, resume=resume, name=name, debug=debug_mode())
         statuses.append(status)
         for line in SWEEP.finish(name, status["status"]):
             say(line)
@@ -101,6 +102,16 @@ def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
         if status["status"] == "failed":
             print(f"{name}: FAILED ({status.get('error')}); going on with the others", flush=True)
     return statuses
+
+
+# `--debug` (cli.py) sets this: a failed run then raises with its traceback instead of being recorded and
+# skipped. An environment variable, so that the parallel workers (subprocesses) inherit it; set it by
+# hand to debug a sweep launched by a script (as HYDRA_FULL_ERROR=1 does for Hydra apps).
+DEBUG_ENV = "REPRODUCE_DEBUG"
+
+
+def debug_mode() -> bool:
+    return os.environ.get(DEBUG_ENV) == "1"
 
 
 def say(line: str) -> None:
@@ -122,7 +133,7 @@ def run_cost(run_cfg) -> tuple[int, float]:
     import torch
 
     from .models import build
-    sched = Schedule.from_config(run_cfg.schedule, run_cfg.data.batch_size)
+    sched = Schedule.for_run(run_cfg)
     with torch.device("meta"):  # the parameter count without allocating or initialising weights
         params = sum(p.numel() for p in build(run_cfg.models[0]).parameters())
     return sched.total_steps, float(params) * sched.examples(sched.total_steps)
@@ -151,7 +162,6 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
     """Train the sweep's runs `trainer.parallel` at a time, each in its own process
     (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
     at batch 128 leaves most of a large GPU idle. On a CPU the cores are split between workers."""
-    import os
     import subprocess
 
     import torch

@@ -9,7 +9,9 @@ import os
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
@@ -20,13 +22,14 @@ from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
 from .callbacks.checkpoint import Fault, RunInterrupted
 from .config import to_dict
+from .errors import ConfigError
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import ignore_known_warnings
 from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger
-from .models import build, depth_of, is_residual
+from .models import build, depth_of, is_imagenet, is_residual
 from .module import ClassifierModule, NonFiniteLoss
-from .wandb_io import logged_in_wandb
+from .wandb_io import finish_run, logged_in_wandb
 from .runs import RunDir
 from .schedules import Schedule
 
@@ -70,8 +73,6 @@ def evaluate(module: ClassifierModule, batches, normalize) -> float:
 
 
 def model_options(cfg, model_name: str) -> dict:
-    from .config import ConfigError
-    from .models import is_imagenet
     opts = {}
     if cfg.model.shortcut is not None:
         if not is_imagenet(model_name):
@@ -82,8 +83,27 @@ def model_options(cfg, model_name: str) -> dict:
     return opts
 
 
-def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None) -> dict:
-    """Train `cfg.models[0]` with `cfg.seed`; returns the status dict also written to status.json."""
+@dataclass
+class Run:
+    """The parts of one run, built and not yet trained (`build_run`); `execute` trains them."""
+    cfg: Any
+    files: RunDir
+    name: str
+    trainer: pl.Trainer
+    module: ClassifierModule
+    datamodule: pl.LightningDataModule
+    checkpoint: AtomicCheckpoint
+    resume_from: Optional[Path]  # the checkpoint to continue from, None for a fresh start
+    wandb: Any  # the W&B logger, None when W&B is disabled
+    status: dict  # what status.json says while the run trains
+
+
+def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None) -> Run:
+    """Model, data, module, callbacks, loggers and Trainer of `cfg.models[0]` with `cfg.seed`.
+
+    Writes config.yaml and the W&B run id, and (on resume) back-fills W&B from metrics.csv; trains
+    nothing. `execute` trains what this builds: `run_one` is the two in a row.
+    """
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
     model_name = cfg.models[0]
@@ -99,7 +119,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    schedule = Schedule.from_config(cfg.schedule, cfg.data.batch_size)
+    schedule = Schedule.for_run(cfg)
     dm = build_datamodule(cfg, schedule)
     model = build(model_name, num_classes=dm.num_classes, **model_options(cfg, model_name))
     if cfg.trainer.compile:
@@ -145,13 +165,21 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     )
     status = {"model": model_name, "name": name, "seed": cfg.seed, "run_id": run_id, "status": "running",
               "total_steps": schedule.total_steps}
+    return Run(cfg, files, name, trainer, module, dm, ckpt_cb, ckpt_path, wb, status)
+
+
+def execute(run: Run, debug: bool = False) -> dict:
+    """Train a built run to its last step (or from its checkpoint), evaluate the whole test set,
+    and write status.json; returns the status. A failure is recorded, not raised (the sweep goes on
+    with the other runs), except bad data, which every run would hit; with `debug` it is raised."""
+    trainer, module, dm, files, status = run.trainer, run.module, run.datamodule, run.files, dict(run.status)
     if trainer.is_global_zero:
         files.write_status(**status)
     t0 = time.time()
     try:
         with warnings.catch_warnings():
             ignore_known_warnings()
-            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(run.resume_from) if run.resume_from else None)
         status.update(status="done", step=trainer.global_step)
         if trainer.is_global_zero:  # the whole test set, once, on rank 0
             with trainer.precision_plugin.forward_context():  # the precision of the periodic evaluations
@@ -165,7 +193,7 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
     except Exception as e:
         status.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                       step=trainer.global_step, traceback=traceback.format_exc())
-        if os.environ.get("REPRODUCE_DEBUG"):
+        if debug:
             raise
     status["wall_s"] = round(time.time() - t0, 1)
     metrics = files.metrics()
@@ -176,8 +204,12 @@ def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | No
         status["best_test_err"] = min(v for _, v in metrics["test/err"])
     if trainer.is_global_zero:
         files.write_status(**status)
-        if wb is not None:
-            from .wandb_io import finish_run
-            finish_run(wb, status, ckpt_cb.last_path, cfg)
+        if run.wandb is not None:
+            finish_run(run.wandb, status, run.checkpoint.last_path, run.cfg)
     return status
 
+
+def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None,
+            debug: bool = False) -> dict:
+    """Train `cfg.models[0]` with `cfg.seed`; returns the status dict also written to status.json."""
+    return execute(build_run(cfg, run_dir, group, resume, name), debug)

@@ -3,13 +3,15 @@
 (`seed=1` once wrote `seed: 1` to sweep.yaml while every run trained seed 0.)
 """
 import dataclasses
+import inspect
 import re
 import typing
 from pathlib import Path
 
 import pytest
 
-from reproduce.config import CHOICES, ConfigError, RunConfig, compose, for_model
+from reproduce.config import CHOICES, ConfigError, RunConfig, ScheduleConfig, compose, for_model
+from reproduce.schedules import Schedule
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reproduce"
 # keys that shape the sweep, not a run: each has its own test (test_config.py, test_reliability.py)
@@ -46,6 +48,7 @@ def other_value(key, t, f):
     return None
 
 
+SCHEDULE_PARAMETERS = set(inspect.signature(Schedule.__init__).parameters) - {"self", "batch_size"}
 KEYS = [k for k in leaf_keys() if k[0] not in SWEEP_KEYS]
 
 
@@ -69,9 +72,18 @@ def test_each_key_reaches_the_run_config_or_fails_in_one_line(key, t, f):
 def test_each_key_is_read_by_the_package(key):
     """A key nothing reads would be accepted and silently do nothing."""
     leaf = key.rsplit(".", 1)[-1]
+    if key.startswith("schedule.") and leaf in SCHEDULE_PARAMETERS:
+        return  # Schedule.for_run passes every schedule.* key named like a Schedule parameter
     source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py") if p.name != "config.py")
     source += "\n".join(re.findall(r"^(?!\s+\w+: .*=).*$", (PACKAGE / "config.py").read_text(), re.M))
     assert re.search(rf"\.{leaf}\b|[\"']{re.escape(key)}[\"']", source), f"nothing reads {key}"
+
+
+def test_every_schedule_parameter_is_a_config_key():
+    """Schedule.for_run reads schedule.<parameter> for each parameter: a new one needs its key in ScheduleConfig."""
+    assert SCHEDULE_PARAMETERS <= {f.name for f in dataclasses.fields(ScheduleConfig)}
+    run = compose("resnet", "smoke", ["schedule.max_batch=32", "schedule.decay=batch"])
+    assert [p.batch_size for p in Schedule.for_run(run).phases] == [16, 32, 32]
 
 
 def test_seed_is_refused_with_the_way_to_run_it():
