@@ -23,17 +23,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from .config import compose
 from .data.augment import random_crop_flip, step_generator
+from .data.datamodule import load_arrays
+from .loggers import wandb_installed
+from .models import build
+from .module import ClassifierModule
+from .train import compile_mode_for, run_one
 
 # name -> (Lightning precision, torch.compile)
 VARIANTS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False),
@@ -60,7 +68,6 @@ class PlainLoop:
 
     def __init__(self, model_name: str, arrays, batch: int, device: torch.device, precision: str,
                  compile_mode: str | None, seed: int = 0):
-        from .models import build
         train_x, train_y = arrays[0], arrays[1]
         self.x, self.y = train_x.to(device), train_y.to(device)
         self.mean = (self.x.double().mean(0).float() / 255).to(device)
@@ -120,7 +127,6 @@ class WindowTimer(pl.Callback):
 def extra_callbacks(callbacks: list):
     """Attach callbacks to every ClassifierModule through Lightning's own `configure_callbacks` hook,
     so `run_one` runs unchanged with the timer beside its callbacks."""
-    from .module import ClassifierModule
     own = ClassifierModule.__dict__.get("configure_callbacks")
     ClassifierModule.configure_callbacks = lambda self: list(callbacks)
     try:
@@ -135,7 +141,6 @@ def extra_callbacks(callbacks: list):
 def package_config(model_name: str, batch: int, total_steps: int, variant: str, wandb_mode: str,
                    threads: int | None = None, data: list[str] = ()):
     """The CLI's config (paper profile) for a run of `total_steps` iterations at `batch`."""
-    from .config import compose
     precision, compiled = VARIANTS[variant]
     overrides = [f"models=[{model_name}]", f"data.batch_size={batch}", f"schedule.ref_batch={batch}",
                  f"schedule.max_steps={total_steps}", "schedule.milestones=[]", f"trainer.precision={precision}",
@@ -146,7 +151,6 @@ def package_config(model_name: str, batch: int, total_steps: int, variant: str, 
 
 def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
     """Wall seconds of one `run_one` call (the whole call: setup, fit, final evaluation, W&B)."""
-    from .train import run_one
     t0 = time.perf_counter()
     with extra_callbacks([timer] if timer else []):
         status = run_one(cfg, run_dir, group="bench", name=run_dir.name)
@@ -159,7 +163,6 @@ def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
 def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
                   repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
     """Plain and package, `repeats` interleaved pairs; images/s of each and their ratio per pair."""
-    from .train import compile_mode_for
     precision, compiled = VARIANTS[variant]
     plain = PlainLoop(model_name, arrays, batch, device, precision,
                       compile_mode_for("auto", device.type) if compiled else None)
@@ -178,7 +181,6 @@ def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch:
 def bench_overhead(lengths: tuple[int, int], repeats: int, device: torch.device, wandb_mode: str, tmp: Path,
                    model_name: str = "resnet8", batch: int = 2, threads: int = 1) -> dict:
     """Per-step host overhead (ms): marginal time per iteration of run_one minus the plain loop's."""
-    from .data.datamodule import load_arrays
     short, long_ = lengths
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -248,9 +250,6 @@ def _print_table(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    import logging
-    import warnings
-    from .loggers import wandb_installed
     on_gpu_default = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m reproduce bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
@@ -293,7 +292,6 @@ def main(argv=None) -> int:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # as the package's Trainer sets it on GPUs
     data = [f"data.root={args.data_root}"] if args.data_root else []
-    from .data.datamodule import load_arrays
     arrays = load_arrays(package_config(args.models[0], args.batch, 1, "fp32", "disabled", data=data).data)
     report = {"device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
               "torch": torch.__version__, "lightning": pl.__version__, "batch": args.batch, "warmup": warmup,

@@ -7,9 +7,25 @@ and writes its report, then exits with code 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+
+import pytorch_lightning  # noqa: F401  (imported before quiet_libraries: it sets its loggers' levels on import)
+from omegaconf import OmegaConf
+
+from .bench import main as bench_main
+from .callbacks.checkpoint import Fault
+from .callbacks.progress import SWEEP
+from .config import CONFIG_DIR, ConfigError, _merge, apply_override, compose, derive, experiments, load_yaml, new_config, validate
+from .data.cifar10 import DataError
+from .data.datamodule import train_size_of
+from .experiments import KINDS, run_experiment
+from .lightning import ignore_known_warnings
+from .schedules import Schedule
+from .sweep import DEBUG_ENV, SWEEP_CONFIG
+from .wandb_report import main as report_main
 
 USAGE = """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
        python -m reproduce list
@@ -35,13 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def dry_run(cfg) -> str:
-    from omegaconf import OmegaConf
-
-    from .data.datamodule import train_size_of
-    from .schedules import Schedule
     lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
-    from .experiments import KINDS  # imports Lightning: not needed for --help or a config error
     plans = KINDS[cfg.kind].plans(cfg)
     shown = {}
     for name, run in plans:
@@ -62,10 +73,6 @@ def dry_run(cfg) -> str:
 
 
 def _resume_config(experiment: str, where: str, overrides):
-    from omegaconf import OmegaConf
-
-    from .config import ConfigError, _merge, apply_override, derive, new_config, validate
-    from .sweep import SWEEP_CONFIG
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
         if candidate.exists():
@@ -84,13 +91,9 @@ def _resume_config(experiment: str, where: str, overrides):
 
 def quiet_libraries() -> None:
     """Lightning's info lines (GPU available, tips) and wandb's chatter drown the progress lines."""
-    import logging
-
-    import pytorch_lightning  # noqa: F401  (sets its own level on import: set ours after)
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
-    from .lightning import ignore_known_warnings
     ignore_known_warnings()
 
 
@@ -99,7 +102,6 @@ def main(argv=None) -> int:
     quiet_libraries()
     debug = "--debug" in argv
     if debug:
-        from .sweep import DEBUG_ENV
         os.environ[DEBUG_ENV] = "1"
     try:
         return _main(argv)
@@ -107,8 +109,6 @@ def main(argv=None) -> int:
         print("interrupted: the last checkpoint and all logs are kept; continue with --resume", file=sys.stderr)
         return 130
     except Exception as e:
-        from .config import ConfigError
-        from .data.cifar10 import DataError
         if debug:
             raise
         if isinstance(e, (ConfigError, DataError)):
@@ -125,21 +125,16 @@ def _main(argv) -> int:
         print("\n" + __doc__.split("\n\n", 1)[1])
         return 0 if argv else 2
     if argv[0] == "list":
-        from .config import CONFIG_DIR, experiments, load_yaml
         for name in experiments():
             desc = load_yaml(CONFIG_DIR / f"{name}.yaml").get("description", "")
             print(f"{name:16} {desc}")
         return 0
     if argv[0] == "report":
-        from .wandb_report import main as report_main
         return report_main(argv[1:])
     if argv[0] == "bench":
-        from .bench import main as bench_main
         return bench_main(argv[1:])
     args = _parser().parse_intermixed_args(argv)
-    from .callbacks.checkpoint import Fault
     Fault.spec_parts()  # a malformed REPRODUCE_FAULT fails here, in one line, before any run
-    from .config import compose
     if args.resume is not None:
         cfg = _resume_config(args.experiment, args.resume or _out_dir(args.overrides), args.overrides)
     else:
@@ -148,8 +143,6 @@ def _main(argv) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
-    from .callbacks.progress import SWEEP
-    from .experiments import run_experiment
     outputs = run_experiment(cfg, overwrite=args.overwrite)
     for name, path in outputs.items():
         print(f"{name}: {path}")

@@ -13,8 +13,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .batch_scaling import batch_scaling_plans, run_batch_scaling
 from .config import for_model
+from .data.datamodule import load_arrays
+from .data.imagefolder import ImageFolderDataModule, make_tiny_imagefolder
+from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
 from .sweep import TINY_IMAGEFOLDER, prepare_sweep, run_name, run_plans
 from .temperature import run_temperature, temperature_plans
+from .wandb_io import curve_rows, log_experiment_summary
 
 
 def model_plans(cfg) -> List[tuple]:
@@ -23,7 +27,6 @@ def model_plans(cfg) -> List[tuple]:
 
 def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
     """Figure 6 (and Figure 4 for ImageNet): one run per model, curves and a results table."""
-    from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
     plans = model_plans(cfg)
     run_plans(cfg, plans, exp_dir, group)
     if rank_zero_only.rank != 0 or cfg.only:
@@ -37,7 +40,6 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
               f"{final_on}; best = lowest at any evaluation point (on `data.eval_limit` images when set).")
     steps = drop_rows(runs)
     table = write_results(rows, exp_dir / "results.md", header, steps, runs)
-    from .wandb_io import curve_rows, log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, fig, rows, {"lr_drops": steps, "curves": curve_rows(runs)})
     return {"figure": fig, "results": table}
 
@@ -58,14 +60,11 @@ KINDS: Dict[str, Kind] = {
 
 def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
     if cfg.data.dataset in ("cifar10", "synthetic"):
-        from .data.datamodule import load_arrays
         load_arrays(cfg.data)  # missing or broken data fails here, before any directory is made
     elif cfg.data.root != TINY_IMAGEFOLDER:
-        from .data.imagefolder import ImageFolderDataModule
         ImageFolderDataModule(cfg.data, None, cfg.seed)  # checks data.root/{train,val}
     exp_dir, group = prepare_sweep(cfg, overwrite)
     if cfg.data.root == TINY_IMAGEFOLDER:
-        from .data.imagefolder import make_tiny_imagefolder
         root = make_tiny_imagefolder(exp_dir / "tiny-imagefolder")
         cfg.data.root = str(root)
     return KINDS[cfg.kind].run(cfg, exp_dir, group)

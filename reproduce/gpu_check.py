@@ -22,6 +22,10 @@ killed by the machine's time limit loses nothing earlier):
 Outputs in --out (default $OUT, else ./gpu-check-out): gpu_check.json (every number), gpu_check.log
 (this log) and gpu_check.tar.gz (results.md, figures, each run's metrics.csv / status.json / log).
 `--cpu-smoke` runs the same phases on a CPU with tiny models and lengths in about a minute.
+
+This orchestrator imports torch, Lightning and the package's own modules inside the phases that use
+them, so that an import failing on a bare GPU machine is recorded as that phase's failure in
+gpu_check.json instead of ending the check before it wrote anything.
 """
 from __future__ import annotations
 

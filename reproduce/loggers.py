@@ -11,6 +11,7 @@ checkpoint so the history has neither gaps nor duplicate steps.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import netrc
 import os
 import sys
@@ -92,7 +93,6 @@ def has_wandb_login() -> bool:
 
 
 def wandb_installed() -> bool:
-    import importlib.util
     try:
         return importlib.util.find_spec("wandb") is not None
     except ImportError:  # a finder that refuses it
@@ -149,8 +149,8 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
     mode = decide_mode(wcfg.mode)
     if mode == "disabled":
         return None
-    import wandb
-    from pytorch_lightning.loggers import WandbLogger
+    import wandb  # optional: wandb.mode=disabled runs without it installed
+    from pytorch_lightning.loggers import WandbLogger  # imports wandb, which is optional
 
     os.environ.setdefault("WANDB_SILENT", "true")
 

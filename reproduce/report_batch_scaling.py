@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from .report import markdown_table  # noqa: E402
 from .schedules import Schedule  # noqa: E402
+from .wandb_io import log_experiment_summary  # noqa: E402
 
 
 def examples_at(run_cfg, steps) -> List[int]:
@@ -98,6 +99,5 @@ def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) 
                   f"B well below it and to stop paying off above it.", ""]
     results = exp_dir / "results.md"
     results.write_text("\n".join(lines))
-    from .wandb_io import log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, figure, table)
     return {"figure": figure, "results": results}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import matplotlib
 
@@ -13,16 +13,14 @@ import numpy as np  # noqa: E402
 from .levels import cycle_verdicts, lr_periods, phase_level  # noqa: E402
 from .report import markdown_table  # noqa: E402
 from .schedules import Schedule  # noqa: E402
+from .wandb_io import log_experiment_summary  # noqa: E402
 
 
 RULE_NAMES = {"linear": "lr ∝ B", "none": "fixed lr", "reference": "reference batch, both rules"}
 
 
-def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[str, dict]) -> Dict[str, Path]:
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
-
-    # (a) measured vs predicted stationary excess loss
-    ax = axes[0]
+def quadratic_panel(ax, quad: dict) -> list:
+    """(a) measured against predicted stationary excess loss; returns the table rows."""
     rows = quad["rows"]
     batches = sorted({r["batch"] for r in rows})
     for i, b in enumerate(batches):
@@ -36,11 +34,13 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     ax.set_title(f"(a) quadratic: slope {quad['slope']:.3f} ± {quad['slope_se']:.3f} (theory 1)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    return [{"lr": r["lr"], "B": r["batch"], "lr/B": f"{r['temperature']:.3g}", "measured": f"{r['measured']:.4g}",
+             "predicted lr tr(C)/4B": f"{r['predicted']:.4g}", "measured/predicted": f"{r['ratio']:.3f}"} for r in rows]
 
-    # (b) heating and cooling
-    ax = axes[1]
-    cycle_name = next(n for n in runs if n.startswith("cycle-"))
-    cyc = runs[cycle_name]
+
+def cycle_panel(ax, cyc: dict) -> tuple[list, list, list]:
+    """(b) the heat/cool run's training loss, the lr, and each period's level; returns the table
+    rows, the levels (levels.phase_level) and the periods' states (hot / cold)."""
     loss = cyc["metrics"].get("train/loss", [])
     lr = cyc["metrics"].get("lr", [])
     phase_rows, levels, states = [], [], []
@@ -69,9 +69,12 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     ax.set_xlabel("iterations")
     ax.set_ylabel("training loss")
     ax.set_title(f"(b) heating and cooling {cyc['cfg'].models[0]}")
+    return phase_rows, levels, states
 
-    # (c) batch size as temperature, against SDE time lr x iterations (module docstring)
-    ax = axes[2]
+
+def batch_panel(ax, runs: Dict[str, dict], batches: List[int]) -> tuple[list, dict]:
+    """(c) training loss against SDE time lr x iterations (temperature.py's docstring) for every
+    batch run; returns the table rows and the fixed-lr runs {batch: (points, iterations)}."""
     batch_rows, fixed_runs = [], {}
     for name, run in runs.items():
         if not name.startswith("batch"):
@@ -84,7 +87,7 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
             rule = "reference"
         steps, vals = zip(*pts)
         style = {"linear": "-", "none": ":", "reference": "-"}[rule]
-        colour = f"C{sorted(cfg.sweep.batches).index(b)}"
+        colour = f"C{sorted(batches).index(b)}"
         s = Schedule.for_run(run["cfg"])
         lr0 = s.phases[0].lr
         ax.plot(np.array(steps) * lr0, vals, style, color=colour,
@@ -100,16 +103,16 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     ax.set_ylabel("training loss")
     ax.set_title("(c) batch size: dotted fixed lr, solid lr ∝ B")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    figure = exp_dir / "figure.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    return batch_rows, fixed_runs
 
-    verdicts = [f"- {v['claim']}: **{'holds' if v['holds'] else 'does not hold'}** ({v['numbers']})"
-                for v in cycle_verdicts(levels, states)] if levels else []
-    # fixed lr at equal iterations (equal SDE time): the level over the last 30% of the first k
-    # iterations, for k up to the shortest fixed-lr run
-    step_rows = []
+
+def batch_verdicts(batch_rows: list, fixed_runs: dict) -> tuple[list, list]:
+    """(c)'s claims: at a fixed lr, compared at equal iterations (equal SDE time), each larger batch
+    settles lower; with lr ∝ B the loss at equal examples is about the same for every B. Returns
+    the equal-iteration table and the verdict lines."""
+    verdicts, step_rows = [], []
+    # fixed lr at equal iterations: the level over the last 30% of the first k iterations, for k up
+    # to the shortest fixed-lr run
     if len(fixed_runs) > 1:
         shortest = min(n for _, n in fixed_runs.values())
         for k in (shortest // 4, shortest // 2, shortest):
@@ -131,9 +134,25 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
         verdicts.append(f"- lr ∝ B, at equal examples (equal SDE time): loss by batch "
                         f"{', '.join(f'B={b}: {v:.3f}' for b, v in linear)} — spread {max(vals) - min(vals):.3f} "
                         f"(fixed lr at equal examples: {max(fixed_end) - min(fixed_end):.3f})")
+    return step_rows, verdicts
 
-    qrows = [{"lr": r["lr"], "B": r["batch"], "lr/B": f"{r['temperature']:.3g}", "measured": f"{r['measured']:.4g}",
-              "predicted lr tr(C)/4B": f"{r['predicted']:.4g}", "measured/predicted": f"{r['ratio']:.3f}"} for r in rows]
+
+def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[str, dict]) -> Dict[str, Path]:
+    """figure.png (panels a, b, c), results.md (tables and verdicts) and the W&B summary run."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    qrows = quadratic_panel(axes[0], quad)
+    cycle_name = next(n for n in runs if n.startswith("cycle-"))
+    phase_rows, levels, states = cycle_panel(axes[1], runs[cycle_name])
+    batch_rows, fixed_runs = batch_panel(axes[2], runs, cfg.sweep.batches)
+    fig.tight_layout()
+    figure = exp_dir / "figure.png"
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+    verdicts = [f"- {v['claim']}: **{'holds' if v['holds'] else 'does not hold'}** ({v['numbers']})"
+                for v in cycle_verdicts(levels, states)] if levels else []
+    step_rows, more = batch_verdicts(batch_rows, fixed_runs)
+    verdicts += more
     text = [f"# temperature — {cfg.profile} profile", "",
             "## (a) SGD on a quadratic: stationary excess loss against lr/B", "",
             f"Slope of log(excess) on log(lr/B): **{quad['slope']:.3f} ± {quad['slope_se']:.3f}** (theory: 1; "
@@ -150,6 +169,5 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
             "## What held", "", *verdicts, ""]
     results = exp_dir / "results.md"
     results.write_text("\n".join(text))
-    from .wandb_io import log_experiment_summary
     log_experiment_summary(cfg, group, exp_dir, figure, qrows)
     return {"figure": figure, "results": results}

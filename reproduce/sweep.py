@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
+import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from .callbacks.progress import SWEEP, PlannedRun, duration
 from .config import ConfigError
+from .models import build
 from .schedules import Schedule
 from .runs import read_status
 from .train import run_one
@@ -121,7 +124,6 @@ def say(line: str) -> None:
 
 def device_of(cfg) -> tuple[str, bool]:
     """(what the runs train on, in words; whether that is a CPU)."""
-    import torch
     if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return f"{cfg.trainer.devices * cfg.trainer.num_nodes} x {torch.cuda.get_device_name(0)}", False
     return f"cpu ({cfg.trainer.threads or torch.get_num_threads()} threads)", True
@@ -130,9 +132,6 @@ def device_of(cfg) -> tuple[str, bool]:
 def run_cost(run_cfg) -> tuple[int, float]:
     """(iterations, relative cost = parameters x images seen) of one run, for the sweep estimate.
     Parameters track a CIFAR net's FLOPs per image (both grow as the number of blocks)."""
-    import torch
-
-    from .models import build
     sched = Schedule.for_run(run_cfg)
     with torch.device("meta"):  # the parameter count without allocating or initialising weights
         params = sum(p.numel() for p in build(run_cfg.models[0]).parameters())
@@ -162,9 +161,6 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
     """Train the sweep's runs `trainer.parallel` at a time, each in its own process
     (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
     at batch 128 leaves most of a large GPU idle. On a CPU the cores are split between workers."""
-    import subprocess
-
-    import torch
     n_gpus = torch.cuda.device_count()
     # the cores split between workers, on a GPU too: 9 workers each with every core's threads ran at
     # 4-12 it/s on a 16-core H200 machine (docs/gpu-h200), host-bound

@@ -6,6 +6,7 @@ status.json (running | done | failed | interrupted, with the final numbers) and 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import traceback
 import warnings
@@ -34,7 +35,6 @@ from .runs import RunDir
 from .schedules import Schedule
 
 def environment() -> dict:
-    import subprocess
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip() or None
@@ -110,7 +110,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     name = name or model_name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_cb = AtomicCheckpoint(files.checkpoint_dir, cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
-                               Fault.from_env(name))
+                               Fault.from_env(name), stop_check_every=cfg.trainer.log_every)
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
     # mmap: only the header is read to learn the step; the tensors load later, inside fit
     resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"] \

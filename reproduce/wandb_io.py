@@ -12,7 +12,8 @@ import struct
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from .models import depth_of
+from .loggers import decide_mode, say_offline
+from .models import depth_of, is_residual
 from .paper import PAPER_TABLE6
 
 
@@ -25,7 +26,7 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
     """Summary (final/best test error beside the paper's), checkpoint artifact, then finish."""
-    import wandb
+    import wandb  # optional: wandb.mode=disabled runs without it installed
     run = wandb_logger.experiment
     summary = {k: v for k, v in status.items() if k in ("status", "final_test_err", "best_test_err", "step", "error")}
     paper = PAPER_TABLE6.get(status["model"])
@@ -45,11 +46,10 @@ def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
 def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: List[dict],
                            more_tables: Optional[Dict[str, List[dict]]] = None) -> None:
     """One extra run in the sweep's group holding the figure, the results table and any more tables."""
-    from .loggers import decide_mode, say_offline
     mode = decide_mode(cfg.wandb.mode)
     if mode == "disabled":
         return
-    import wandb
+    import wandb  # optional: wandb.mode=disabled runs without it installed
     if mode == "offline":
         say_offline(exp_dir / "summary")
     (exp_dir / "summary").mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
 def to_wandb_table(rows: List[dict]):
     """One type per column, as a W&B Table insists: a column of numbers (None where missing)
     stays numeric, so a report can plot it; any other column goes as text."""
-    import wandb
+    import wandb  # optional: wandb.mode=disabled runs without it installed
     columns = list(rows[0].keys())
     numeric = {c for c in columns if all(r.get(c) is None or (isinstance(r.get(c), (int, float))
                                                                 and not isinstance(r.get(c), bool)) for r in rows)}
@@ -88,7 +88,6 @@ def curve_rows(runs: List[dict], max_rows: int = TABLE_ROWS) -> List[dict]:
     so a W&B report redraws the figure without the CSVs. A W&B Table logged to a run keeps at
     most `max_rows` rows, so long training-error series are thinned evenly (the last point kept);
     the evaluation points, one per `eval_every`, stay."""
-    from .models import is_residual
     eval_key = "test/err" if any(r["metrics"].get("test/err") for r in runs) else "val/err"  # as report.curves_figure
     series = [(r, key) for r in runs for key in ("train/err", eval_key) if r["metrics"].get(key)]
     per_series = max_rows // max(len(series), 1)
@@ -135,7 +134,7 @@ def _payloads(data: bytes) -> Iterator[bytes]:
 
 def read_wandb_file(path: str | Path) -> List:
     """All `Record` messages of an offline run's `.wandb` file, in order."""
-    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.proto import wandb_internal_pb2 as pb  # optional: read only when wandb is installed
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B transaction log (no ':W&B' header)")

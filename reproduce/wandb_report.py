@@ -12,15 +12,16 @@ import json
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from .config import ConfigError
+from .loggers import has_wandb_login
+from .models import is_residual
+from .sweep import SWEEP_CONFIG, SWEEP_META, run_name
 
 
 def _sweep_info(source: str) -> dict:
     """Group, project, entity, experiment and the runs (name, id, family) of a sweep."""
-    from omegaconf import OmegaConf
-
-    from .sweep import SWEEP_CONFIG, SWEEP_META, run_name
-    from .models import is_residual
     path = Path(source).expanduser()
     candidates = [path] + sorted(p.parent for p in path.glob(f"*/{SWEEP_META}")) if path.is_dir() else []
     for d in candidates:
@@ -42,7 +43,7 @@ def _sweep_info(source: str) -> dict:
 
 
 def build_report(info: dict, entity: str, project: str):
-    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2 as wr  # optional: the `report` extra
 
     def runset(name: str, family: str | None):
         filters = f"Group = '{info['group']}'" + (f" and Tags() in ['{family}']" if family else "")
@@ -98,10 +99,9 @@ def main(argv) -> int:
         if args.dry_run:
             entity = "your-entity"
         else:
-            from .loggers import has_wandb_login
             if not has_wandb_login():
                 raise ConfigError("report: not logged in to W&B; run `wandb login` (or use --dry-run)")
-            import wandb
+            import wandb  # optional: wandb.mode=disabled runs without it installed
             entity = wandb.Api().default_entity
     report = build_report(info, entity, project)
     if args.dry_run:

@@ -14,7 +14,11 @@ during the write leaves the previous checkpoint intact.
 
 A SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) is acted on at the next step boundary: the
 checkpoint is written there and the run stops by raising `RunInterrupted`, which skips
-Lightning's stop-time evaluation and logging, so no off-schedule row reaches the logs.
+Lightning's stop-time evaluation and logging, so no off-schedule row reaches the logs. Under DDP
+the signal may reach one rank only, so the ranks agree on stopping with an all-reduce; that costs a
+host sync, so they do it only every `stop_check_every` iterations (the CLI passes
+`trainer.log_every`, where the training metrics sync anyway), and a signal waits at most that many
+iterations. A single process checks at every step boundary, for free.
 
 Fault injection for the resume tests: `REPRODUCE_FAULT=SIGNAL:POINT:K[:RUN]` makes the run send
 itself SIGNAL (`kill` = SIGKILL, `term` = SIGTERM) at POINT of iteration K: `step` (right after
@@ -106,8 +110,10 @@ def _descendants(pid: int) -> list:
 
 
 class AtomicCheckpoint(pl.Callback):
-    def __init__(self, dirpath: str | Path, every_n_steps: int, eval_every: int, fault: Optional[Fault] = None):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, eval_every: int, fault: Optional[Fault] = None,
+                 stop_check_every: int = 1):
         self.dirpath, self.every_n_steps, self.eval_every = Path(dirpath), every_n_steps, eval_every
+        self.stop_check_every = stop_check_every
         self.fault = fault
         self.stop_signal: int | None = None
         self._previous_handlers = {}
@@ -155,16 +161,18 @@ class AtomicCheckpoint(pl.Callback):
         if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
             self._step_boundary(trainer, trainer.global_step)
 
-    def _stop_requested(self, trainer) -> bool:
+    def _stop_requested(self, trainer, step: int) -> bool:
         local = self.stop_signal is not None
         if trainer.world_size == 1:
             return local
+        if step % self.stop_check_every:
+            return False  # every rank skips the same steps, so all reach the next check together
         return trainer.strategy.reduce_boolean_decision(local, all=False)  # one rank's signal stops all
 
     def _step_boundary(self, trainer, step: int) -> None:
         if step >= trainer.max_steps:
             return  # the run is complete: on_train_end writes the final checkpoint
-        stop = self._stop_requested(trainer)
+        stop = self._stop_requested(trainer, step)
         if stop or step % self.every_n_steps == 0:
             self.save(trainer)
             self._fire("checkpoint", step)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import download_and_extract_archive
 
 from ..errors import DataError
 
@@ -44,7 +45,6 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _download(root: Path) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
     try:
         download_and_extract_archive(URL, str(root), filename="cifar-10-python.tar.gz", md5=MD5)
     except Exception as e:

@@ -22,6 +22,7 @@ from ..lightning import micro_batch_index
 from ..schedules import Schedule
 from .augment import random_crop_flip, step_generator
 from .cifar10 import load_cifar10
+from .imagefolder import ImageFolderDataModule
 from .synthetic import make_synthetic
 
 
@@ -209,6 +210,5 @@ class ArrayDataModule(pl.LightningDataModule):
 
 def build_datamodule(cfg, schedule: Schedule):
     if cfg.data.dataset == "imagefolder":
-        from .imagefolder import ImageFolderDataModule
         return ImageFolderDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)
     return ArrayDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)

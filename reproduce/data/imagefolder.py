@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+from PIL import Image
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms as T
@@ -173,7 +174,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
 def make_tiny_imagefolder(root: Path, classes: int = 4, per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
     """A few generated JPEGs per class (each class its own colour pattern), for smoke runs."""
-    from PIL import Image
     g = torch.Generator().manual_seed(seed)
     for split, n in (("train", per_class), ("val", max(2, per_class // 3))):
         for c in range(classes):

@@ -20,12 +20,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .cifar10 import CLASSES, FOLDER, DataError
 
 
 def _decode(blobs: list[bytes]) -> np.ndarray:
-    from PIL import Image
     out = np.empty((len(blobs), 3072), dtype=np.uint8)
     for i, blob in enumerate(blobs):
         img = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
