@@ -67,7 +67,9 @@ def dry_run(cfg) -> str:
                      f"per device x {world} devices x {run.trainer.accumulate} accumulation; lr {run.schedule.lr} at "
                      f"batch {run.schedule.ref_batch}, scaling rule {run.schedule.scaling} -> {sched.phases[0].lr:.4g}")
         lines.append(f"  {sched.total_steps:,} iterations = {sched.examples(sched.total_steps) / n:.1f} epochs of {n:,} "
-                     f"images; lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}")
+                     f"images; " + (f"lr multipliers {list(run.schedule.cycle)} by phase, phases start at iterations "
+                     f"{sched.milestone_steps()}" if run.schedule.cycle else
+                     f"lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}"))
         lines.append(text)
     return "\n".join(lines)
 
