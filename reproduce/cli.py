@@ -69,7 +69,8 @@ def dry_run(cfg) -> str:
         lines.append(f"  {sched.total_steps:,} iterations = {sched.examples(sched.total_steps) / n:.1f} epochs of {n:,} "
                      f"images; " + (f"lr multipliers {list(run.schedule.cycle)} by phase, phases start at iterations "
                      f"{sched.milestone_steps()}" if run.schedule.cycle else
-                     f"lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}"))
+                     f"lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}"
+                     if sched.milestone_steps() else "constant lr"))
         lines.append(text)
     return "\n".join(lines)
 

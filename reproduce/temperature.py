@@ -43,24 +43,30 @@ from .runs import read_metrics
 # (a) the quadratic
 
 
-def quadratic_excess(lr: float, batch: int, dim: int, sigma: float, eigs: torch.Tensor, steps: int,
-                     chains: int, seed: int = 0) -> float:
+def quadratic_excess(lr, batch: int, dim: int, sigma: float, eigs: torch.Tensor, steps: int,
+                     chains: int, seed: int = 0):
     """Stationary excess loss of minibatch SGD on least squares, averaged over the second half of
-    `steps` and over `chains` independent chains (drawn fresh each step: an infinite dataset)."""
+    `steps` and over `chains` independent chains (drawn fresh each step: an infinite dataset).
+
+    `lr` may be a list: the chains of every lr then see the same draws (the same seed), one Python
+    step for all of them, and a list of excess losses comes back, one per lr."""
+    lrs = torch.tensor([lr] if np.isscalar(lr) else list(lr), dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     sqrt_h = eigs.sqrt()
-    delta = torch.zeros(chains, dim, dtype=torch.float64)  # w - w*, starting at the optimum
-    total, count = 0.0, 0
+    delta = torch.zeros(len(lrs), chains, dim, dtype=torch.float64)  # w - w*, starting at the optimum
+    total = torch.zeros(len(lrs), dtype=torch.float64)
+    count = 0
     for step in range(steps):
         x = torch.randn(chains, batch, dim, generator=g, dtype=torch.float64) * sqrt_h  # x ~ N(0, H)
         noise = torch.randn(chains, batch, generator=g, dtype=torch.float64) * sigma
-        residual = torch.einsum("cbd,cd->cb", x, delta) - noise  # x.w - y
-        grad = torch.einsum("cb,cbd->cd", residual, x) / batch
-        delta -= lr * grad
+        residual = torch.einsum("cbd,lcd->lcb", x, delta) - noise  # x.w - y
+        grad = torch.einsum("lcb,cbd->lcd", residual, x) / batch
+        delta -= lrs[:, None, None] * grad
         if step >= steps // 2:
-            total += float((0.5 * (delta ** 2 * eigs).sum(1)).mean())
+            total += (0.5 * (delta ** 2 * eigs).sum(2)).mean(1)
             count += 1
-    return total / count
+    out = (total / count).tolist()
+    return out[0] if np.isscalar(lr) else out
 
 
 def predicted_excess(lr: float, batch: int, sigma: float, eigs: torch.Tensor) -> float:
@@ -82,13 +88,13 @@ def run_quadratic(sweep, out_dir: Path) -> dict:
     lo, hi = sweep.quadratic_eig_range
     eigs = torch.logspace(math.log10(lo), math.log10(hi), sweep.quadratic_dim, dtype=torch.float64)
     rows = []
-    for lr in sweep.quadratic_lrs:
+    measured = {b: quadratic_excess(list(sweep.quadratic_lrs), b, sweep.quadratic_dim, sweep.quadratic_noise, eigs,
+                                    sweep.quadratic_steps, sweep.quadratic_chains) for b in sweep.quadratic_batches}
+    for i, lr in enumerate(sweep.quadratic_lrs):
         for b in sweep.quadratic_batches:
-            measured = quadratic_excess(lr, b, sweep.quadratic_dim, sweep.quadratic_noise, eigs,
-                                        sweep.quadratic_steps, sweep.quadratic_chains)
             predicted = predicted_excess(lr, b, sweep.quadratic_noise, eigs)
-            rows.append({"lr": lr, "batch": b, "temperature": lr / b, "measured": measured,
-                         "predicted": predicted, "ratio": measured / predicted})
+            rows.append({"lr": lr, "batch": b, "temperature": lr / b, "measured": measured[b][i],
+                         "predicted": predicted, "ratio": measured[b][i] / predicted})
     t = np.log([r["temperature"] for r in rows])
     slope, se = fit_slope(t, np.log([r["measured"] for r in rows]))
     result = {"rows": rows, "slope": slope, "slope_se": se, "lr_max_eig": max(sweep.quadratic_lrs) * hi,
