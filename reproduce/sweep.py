@@ -143,7 +143,7 @@ def quick_hint(cfg) -> str | None:
         return None
     measured = QUICK_MEASURED.get(cfg.experiment)
     took = f"{measured} on the README's 2-core machine" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
-    return (f"that is long for a CPU: `python -m reproduce {cfg.experiment} --quick` shows the same effects "
+    return (f"that is long for a CPU: `python -m reproduce {cfg.experiment} --quick` runs the same comparison "
             f"in a laptop-sized run ({took}; README, \"Profiles\")")
 
 
