@@ -1,7 +1,8 @@
 """Every use of a Lightning internal, and the package's step-counting rule, in one place.
 
 Checked against pytorch-lightning 2.5.0 and 2.6.6 (setup.cfg: >=2.5.0,<2.7): the private names
-used here are `fit_loop.epoch_loop._should_accumulate()` and `fit_loop.epoch_loop.batch_idx`.
+used here are `fit_loop.epoch_loop._should_accumulate()`, `fit_loop.epoch_loop.batch_idx` and
+`LightningModule._trainer`.
 If a Lightning release renames them, this module is the one to change, and the resume tests
 (tests/test_resume.py) are the ones that notice.
 
@@ -30,6 +31,11 @@ def completes_step(trainer: pl.Trainer) -> bool:
     """True in a training hook when the current micro-batch is the last of its optimizer step
     (always, without gradient accumulation)."""
     return not trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's Trainer, or None when it is used outside one (`module.trainer` raises then)."""
+    return module._trainer
 
 
 def iteration_in_progress(trainer: pl.Trainer) -> int:

@@ -4,9 +4,11 @@ Training metrics accumulate on the device every step as four running sums (in-pl
 torchmetrics MeanMetric update cost ~50 us of Python per step, more than the rest of the step's
 bookkeeping) and are read (one host sync) only every `trainer.log_every` iterations. They go to
 the loggers at once (`log_now`), so everything of iteration k is on disk before its checkpoint is
-written. The sums are a persistent buffer (part of the checkpoint), so the first `train/err`
-after a resume averages the same iterations as in an uninterrupted run. Under DDP they are summed
-over the ranks at each log step, so the logged values cover the global batch.
+written. The sums travel in the checkpoint (`on_save_checkpoint`), so the first `train/err` after
+a resume averages the same iterations as in an uninterrupted run. Under DDP they are summed over
+the ranks at each log step, so the logged values cover the global batch. They are a plain tensor,
+not a module buffer: DDP copies rank 0's buffers to every rank before each forward, which would
+replace each rank's sums with rank 0's.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from .lightning import completes_step, iteration_in_progress, log_now
+from .lightning import attached_trainer, completes_step, iteration_in_progress, log_now
+
+
+TRAIN_SUMS = "train_metric_sums"  # checkpoint key of ClassifierModule.train_sums
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,7 +38,7 @@ class ClassifierModule(pl.LightningModule):
         # since the last log step: sum of micro-batch losses, micro-batches, wrong predictions,
         # examples. No NaN check per step (it would sync the host): a non-finite loss is caught at
         # the next log step instead (NonFiniteLoss)
-        self.register_buffer("train_sums", torch.zeros(4))
+        self.train_sums = torch.zeros(4)
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
@@ -66,6 +71,32 @@ class ClassifierModule(pl.LightningModule):
             self.last_train_err = float(err)
             log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
         return loss
+
+    def on_train_start(self):
+        self.train_sums = self.train_sums.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint):
+        sums = self.train_sums.detach()
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.world_size > 1:
+            # only rank 0's checkpoint is written, so it carries every rank's sums (every rank
+            # saves at the same step boundary, so this collective is matched)
+            sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        checkpoint[TRAIN_SUMS] = sums.cpu().clone()
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint["state_dict"]
+        if TRAIN_SUMS in checkpoint:
+            sums = checkpoint[TRAIN_SUMS].clone()
+        elif "train_sums" in state:  # an earlier layout: a module buffer
+            sums = state.pop("train_sums").clone()
+        elif "train_loss.mean_value" in state:  # before the on-device sums: torchmetrics MeanMetric states
+            sums = torch.stack([state.pop("train_loss.mean_value"), state.pop("train_loss.weight"),
+                                state.pop("train_err.mean_value"), state.pop("train_err.weight")]).float()
+        else:
+            return
+        # the saved sums are those of all ranks together: rank 0 continues them, the others restart at 0
+        self.train_sums = sums if self.global_rank == 0 else torch.zeros_like(sums)
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch

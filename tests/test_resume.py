@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reproduce.module import TRAIN_SUMS
 from reproduce.runs import read_rows
 from reproduce.wandb_io import summarize_wandb_file
 
@@ -83,8 +84,9 @@ def assert_same_run(ref_run: Path, cut_run: Path) -> None:
     ref, cut = _checkpoint(ref_run), _checkpoint(cut_run)
     assert ref["global_step"] == cut["global_step"]
     assert ref["state_dict"].keys() == cut["state_dict"].keys()
-    for key in ref["state_dict"]:  # weights, BN statistics and the train-metric accumulators
+    for key in ref["state_dict"]:  # weights and BN statistics
         assert torch.equal(ref["state_dict"][key], cut["state_dict"][key]), key
+    assert torch.equal(ref[TRAIN_SUMS], cut[TRAIN_SUMS])  # the train-metric accumulators
     for ref_state, cut_state in zip(ref["optimizer_states"][0]["state"].values(),
                                     cut["optimizer_states"][0]["state"].values()):
         assert torch.equal(ref_state["momentum_buffer"], cut_state["momentum_buffer"])

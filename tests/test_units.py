@@ -87,3 +87,28 @@ def test_predicted_excess_matches_simulated_sgd_and_scales_as_lr_over_batch():
         assert simulated == pytest.approx(predicted_excess(lr, batch, 1.0, eigs), rel=0.1), (lr, batch)
     assert predicted_excess(0.02, 4, 1.0, eigs) == pytest.approx(2 * predicted_excess(0.01, 4, 1.0, eigs))
     assert predicted_excess(0.02, 8, 1.0, eigs) == pytest.approx(predicted_excess(0.01, 4, 1.0, eigs))
+
+
+def test_training_metric_sums_travel_in_the_checkpoint_and_old_checkpoints_still_load():
+    """The sums live outside the state_dict (DDP would overwrite a buffer with rank 0's); a
+    checkpoint from before them (torchmetrics MeanMetric states) resumes with the same sums."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from reproduce.config import OptimConfig
+    from reproduce.models import build
+    from reproduce.module import TRAIN_SUMS, ClassifierModule
+    module = ClassifierModule(build("resnet8"), OmegaConf.structured(OptimConfig))
+    module.train_sums += torch.tensor([4.6, 2.0, 100.0, 256.0])
+    saved = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(saved)
+    assert "train_sums" not in saved["state_dict"]
+    fresh = ClassifierModule(build("resnet8"), OmegaConf.structured(OptimConfig))
+    fresh.on_load_checkpoint(saved)
+    assert torch.equal(fresh.train_sums, saved[TRAIN_SUMS])
+    old = {"state_dict": {**module.state_dict(), "train_loss.mean_value": torch.tensor(4.6),
+                          "train_loss.weight": torch.tensor(2.0), "train_err.mean_value": torch.tensor(100.0),
+                          "train_err.weight": torch.tensor(256.0)}}
+    fresh.on_load_checkpoint(old)
+    assert torch.equal(fresh.train_sums, torch.tensor([4.6, 2.0, 100.0, 256.0]))
+    assert old["state_dict"].keys() == module.state_dict().keys()  # what load_state_dict(strict=True) then sees
