@@ -88,8 +88,6 @@ class ClassifierModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         if TRAIN_SUMS in checkpoint:
             sums = checkpoint[TRAIN_SUMS].clone()
-        elif "train_sums" in state:  # an earlier layout: a module buffer
-            sums = state.pop("train_sums").clone()
         elif "train_loss.mean_value" in state:  # before the on-device sums: torchmetrics MeanMetric states
             sums = torch.stack([state.pop("train_loss.mean_value"), state.pop("train_loss.weight"),
                                 state.pop("train_err.mean_value"), state.pop("train_err.weight")]).float()
