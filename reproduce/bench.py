@@ -6,7 +6,8 @@ Two ways of training the same model on the same in-memory data, with the same au
   package  `reproduce.train.run_one` itself, exactly as the CLI calls it: Trainer, DataModule, every
            callback (lr schedule, batch check, atomic checkpoint, evaluation lines), the CSV logger
            and W&B (offline; off when wandb is not installed).
-Each variant (fp32 | bf16 autocast, eager | torch.compile) is timed over `--repeats` repeats,
+Each variant (fp32 | bf16 autocast; Lightning's eager step, the manual step, the CUDA-graph step of
+graph_step.py, or torch.compile) is timed over `--repeats` repeats,
 plain and package interleaved (a plain repeat, then a package repeat, ...), so a slow spell of a
 shared machine hits both; each package repeat is one `run_one` call whose steps `warmup` ..
 `warmup + steps` are timed from inside `fit` (a callback that synchronises the device at the two
@@ -38,14 +39,17 @@ import torch.nn.functional as F
 from .config import compose
 from .data.augment import random_crop_flip, step_generator
 from .data.datamodule import load_arrays
+from .graph_step import GraphedStep
 from .loggers import wandb_installed
 from .models import build
 from .module import ClassifierModule
 from .train import compile_mode_for, run_one
 
-# name -> (Lightning precision, torch.compile)
-VARIANTS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False),
-            "fp32-compiled": ("32-true", True), "bf16-compiled": ("bf16-mixed", True)}
+# name -> (Lightning precision, torch.compile, trainer.train_step)
+VARIANTS = {"fp32": ("32-true", False, "lightning"), "bf16": ("bf16-mixed", False, "lightning"),
+            "fp32-manual": ("32-true", False, "manual"),
+            "fp32-graph": ("32-true", False, "cuda-graph"), "bf16-graph": ("bf16-mixed", False, "cuda-graph"),
+            "fp32-compiled": ("32-true", True, "lightning"), "bf16-compiled": ("bf16-mixed", True, "lightning")}
 
 
 def _sync(device: torch.device) -> None:
@@ -67,7 +71,7 @@ class PlainLoop:
     """The reference: the package's model, data, augmentation and SGD without any framework."""
 
     def __init__(self, model_name: str, arrays, batch: int, device: torch.device, precision: str,
-                 compile_mode: str | None, seed: int = 0):
+                 compile_mode: str | None, seed: int = 0, graphed: bool = False):
         train_x, train_y = arrays[0], arrays[1]
         self.x, self.y = train_x.to(device), train_y.to(device)
         self.mean = (self.x.double().mean(0).float() / 255).to(device)
@@ -75,8 +79,16 @@ class PlainLoop:
         self.bf16 = precision.startswith("bf16")
         model = build(model_name).to(device).to(memory_format=torch.channels_last)
         self.model = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                   fused=True if graphed else None)
         self.perm = torch.randperm(len(self.y), device=device)
+        # the same capture as the package's cuda-graph step: forward, loss and backward replayed
+        self.graph = GraphedStep(list(model.parameters()), torch.empty(batch, 3, 32, 32, device=device),
+                                 self.y[:batch], self.loss, channels_last=True) if graphed else None
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            return F.cross_entropy(self.model(xb), yb)
 
     def step(self) -> None:
         n = len(self.y)
@@ -84,11 +96,12 @@ class PlainLoop:
         idx = self.perm[start:start + self.batch]
         xb = self.x[idx].float().div_(255).sub_(self.mean)
         xb = random_crop_flip(xb, step_generator(self.seed, self.i, self.device))
-        xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = F.cross_entropy(self.model(xb), self.y[idx])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.graph is not None:
+            self.graph(xb, self.y[idx])
+        else:
+            loss = self.loss(xb.contiguous(memory_format=torch.channels_last), self.y[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
         self.opt.step()
         self.i += 1
 
@@ -141,10 +154,11 @@ def extra_callbacks(callbacks: list):
 def package_config(model_name: str, batch: int, total_steps: int, variant: str, wandb_mode: str,
                    threads: int | None = None, data: list[str] = ()):
     """The CLI's config (paper profile) for a run of `total_steps` iterations at `batch`."""
-    precision, compiled = VARIANTS[variant]
+    precision, compiled, train_step = VARIANTS[variant]
     overrides = [f"models=[{model_name}]", f"data.batch_size={batch}", f"schedule.ref_batch={batch}",
                  f"schedule.max_steps={total_steps}", "schedule.milestones=[]", f"trainer.precision={precision}",
-                 f"trainer.compile={str(compiled).lower()}", f"wandb.mode={wandb_mode}", "trainer.progress=false",
+                 f"trainer.compile={str(compiled).lower()}", f"trainer.train_step={train_step}",
+                 f"wandb.mode={wandb_mode}", "trainer.progress=false",
                  *([f"trainer.threads={threads}"] if threads else []), *(data or ["data.dataset=synthetic"])]
     return compose("resnet", "paper", overrides)
 
@@ -163,9 +177,9 @@ def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
 def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
                   repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
     """Plain and package, `repeats` interleaved pairs; images/s of each and their ratio per pair."""
-    precision, compiled = VARIANTS[variant]
+    precision, compiled, train_step = VARIANTS[variant]
     plain = PlainLoop(model_name, arrays, batch, device, precision,
-                      compile_mode_for("auto", device.type) if compiled else None)
+                      compile_mode_for("auto", device.type) if compiled else None, graphed=train_step == "cuda-graph")
     plain.run(warmup)
     plain_rates, package_rates = [], []
     for r in range(repeats):
@@ -179,8 +193,10 @@ def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch:
 
 
 def bench_overhead(lengths: tuple[int, int], repeats: int, device: torch.device, wandb_mode: str, tmp: Path,
-                   model_name: str = "resnet8", batch: int = 2, threads: int = 1) -> dict:
-    """Per-step host overhead (ms): marginal time per iteration of run_one minus the plain loop's."""
+                   model_name: str = "resnet8", batch: int = 2, threads: int = 1, variant: str = "fp32") -> dict:
+    """Per-step host overhead (ms) of `variant`: marginal time per iteration of run_one minus the
+    plain loop's (the plain loop of the same kind: eager, or graphed for a graph variant)."""
+    precision, _, train_step = VARIANTS[variant]
     short, long_ = lengths
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -188,11 +204,12 @@ def bench_overhead(lengths: tuple[int, int], repeats: int, device: torch.device,
     try:
         for r in range(repeats):
             for n in (short, long_):
-                cfg = package_config(model_name, batch, n, "fp32", wandb_mode, threads=threads)
+                cfg = package_config(model_name, batch, n, variant, wandb_mode, threads=threads)
                 t0 = time.perf_counter()
-                PlainLoop(model_name, load_arrays(cfg.data), batch, device, "32-true", None).run(n)
+                PlainLoop(model_name, load_arrays(cfg.data), batch, device, precision, None,
+                          graphed=train_step == "cuda-graph").run(n)
                 seconds["plain"][str(n)].append(time.perf_counter() - t0)
-                seconds["package"][str(n)].append(run_package(cfg, tmp / f"overhead-{n}-{r}"))
+                seconds["package"][str(n)].append(run_package(cfg, tmp / f"overhead-{variant}-{n}-{r}"))
     finally:
         torch.set_num_threads(before)
     out = {"model": model_name, "batch": batch, "threads": threads, "lengths": [short, long_], "seconds": seconds}
@@ -236,13 +253,15 @@ def _print_table(report: dict) -> None:
             cells = [f"{e[k]['median']:.0f} ({e[k]['min']:.0f}-{e[k]['max']:.0f})" for k in ("plain", "package")]
             ratio = f"{e['ratio']['median']:.3f} ({e['ratio']['min']:.3f}-{e['ratio']['max']:.3f})"
             print(f"{name:10} {variant:14} {cells[0]:>22} {cells[1]:>22} {ratio:>22}")
-    o = report.get("overhead")
-    if o:
+    for variant, o in report.get("overhead", {}).items():
+        if "error" in o:
+            print(f"per-step host overhead, {variant}: failed: {o['error']}")
+            continue
         p, q = statistics.median(o["plain_ms_per_step"]), statistics.median(o["package_ms_per_step"])
         h = o["overhead_ms"]
-        print(f"per-step host overhead ({o['model']}, batch {o['batch']}, {o['threads']} thread, marginal time per "
-              f"iteration between {o['lengths'][0]} and {o['lengths'][1]} iterations): plain {p:.2f} ms, package "
-              f"{q:.2f} ms, overhead {h['median']:.2f} ms (min {h['min']:.2f}, max {h['max']:.2f})")
+        print(f"per-step host overhead, {variant} ({o['model']}, batch {o['batch']}, {o['threads']} thread, marginal "
+              f"time per iteration between {o['lengths'][0]} and {o['lengths'][1]} iterations): plain {p:.2f} ms, "
+              f"package {q:.2f} ms, overhead {h['median']:.2f} ms (min {h['min']:.2f}, max {h['max']:.2f})")
     if "pipeline" in report:
         pl_ = report["pipeline"]
         print(f"data pipeline alone: {pl_['images_per_s']:.0f} images/s = {pl_['x_model_rate']:.1f}x the fastest "
@@ -254,7 +273,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m reproduce bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
-                   help="default: fp32 bf16 bf16-compiled on a GPU, fp32 on a CPU (add fp32-compiled with --compile)")
+                   help="default: fp32 fp32-graph bf16-graph bf16-compiled on a GPU, fp32 on a CPU (add fp32-compiled "
+                        "with --compile)")
     p.add_argument("--compile", action="store_true", help="on a CPU, also time fp32-compiled")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CPU, 30 on GPU)")
@@ -263,6 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--overhead-steps", type=int, nargs=2, default=[200, 2200], metavar=("L1", "L2"),
                    help="the two run lengths of the per-step overhead measurement")
     p.add_argument("--overhead-repeats", type=int, default=3)
+    p.add_argument("--overhead-variants", nargs="+", choices=sorted(VARIANTS), default=None,
+                   help="default: fp32 and fp32-graph on a GPU, fp32 and fp32-manual on a CPU")
     p.add_argument("--no-overhead", action="store_true")
     p.add_argument("--data-root", default=None, help="time on CIFAR-10 from this data.root (default: synthetic)")
     p.add_argument("--wandb", choices=("offline", "disabled"), default=None,
@@ -281,7 +303,7 @@ def main(argv=None) -> int:
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    variants = args.variants or (["fp32", "bf16", "bf16-compiled"] if on_gpu else
+    variants = args.variants or (["fp32", "fp32-graph", "bf16-graph", "bf16-compiled"] if on_gpu else
                                  ["fp32", "fp32-compiled"] if args.compile else ["fp32"])
     warmup = args.warmup or (30 if on_gpu else 3)
     steps = args.steps or (300 if on_gpu else 20)
@@ -299,9 +321,14 @@ def main(argv=None) -> int:
               "data": args.data_root or "synthetic", "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_overhead:  # first: a time limit that cuts the slow compiled variants keeps it
-            report["overhead"] = bench_overhead(tuple(args.overhead_steps), args.overhead_repeats, device,
-                                                wandb_mode, Path(tmp))
-            _write(report, args.json_out)
+            report["overhead"] = {}
+            for variant in args.overhead_variants or (["fp32", "fp32-graph"] if on_gpu else ["fp32", "fp32-manual"]):
+                try:
+                    report["overhead"][variant] = bench_overhead(tuple(args.overhead_steps), args.overhead_repeats,
+                                                                 device, wandb_mode, Path(tmp), variant=variant)
+                except Exception as e:  # reported like a failed variant below; the rest go on
+                    report["overhead"][variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                _write(report, args.json_out)
         for name in args.models:
             report["models"][name] = {}
             for variant in variants:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .graph_step import TRAIN_STEPS, train_step_for
 from .models import check_name
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -90,6 +91,9 @@ class TrainerConfig:
     # auto: reduce-overhead (CUDA graphs: a ResNet-20 step at batch 128 is launch-bound on a large
     # GPU) on CUDA, default elsewhere; or default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "auto"
+    # how each step runs (graph_step.py): auto = cuda-graph on one CUDA device (forward and
+    # backward replayed as one CUDA graph), else lightning; or lightning | manual | cuda-graph
+    train_step: str = "auto"
     deterministic: bool = False
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
@@ -166,6 +170,7 @@ CHOICES = {
     "schedule.warmup": ("none", "gradual", "constant"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
     "trainer.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "trainer.train_step": TRAIN_STEPS,
 }
 
 
@@ -341,6 +346,7 @@ def validate(cfg: DictConfig) -> None:
     if d.batch_size % per_device:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "
                           f"= {per_device}; choose a multiple of {per_device}")
+    train_step_for(cfg)  # an explicit trainer.train_step this run cannot use fails here, in one line
     if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
         raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
     if s.warmup == "gradual" and s.warmup_steps <= 0:

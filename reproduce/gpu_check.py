@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -48,10 +49,14 @@ SMOKE = {"max_steps": 8, "milestones": [4, 6], "eval_every": 4}
 FIG6 = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 SMOKE_SWEEP = ["plain8", "resnet8"]
 TARGETS = {"resnet20_64k_s": 120, "sweep_s": 900}  # README, "GPU": ResNet-20 64k <= 2 min, Figure 6 <= 15 min
-VARIANT_OVERRIDES = {"bf16-compiled": ["trainer.precision=bf16-mixed", "trainer.compile=true"],
-                     "fp32-compiled": ["trainer.precision=32-true", "trainer.compile=true"],
-                     "bf16": ["trainer.precision=bf16-mixed", "trainer.compile=false"],
-                     "fp32": ["trainer.precision=32-true", "trainer.compile=false"]}
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """The run overrides of one of the bench's variants (bench.VARIANTS is the one table of them)."""
+    from .bench import VARIANTS  # inside: imports torch, which a phase records if it fails
+    precision, compiled, train_step = VARIANTS[variant]
+    return [f"trainer.precision={precision}", f"trainer.compile={str(compiled).lower()}",
+            f"trainer.train_step={train_step}"]
 
 
 def plan_schedule(fit_steps: float, full: dict) -> dict:
@@ -257,11 +262,16 @@ class Check:
         cap = self.left() * 0.5 if self.smoke else min(self.left() * 0.35, 170)
         path = self.work / "bench.json"
         if self.smoke:
-            args = ["--models", "resnet8", "--batch", "16", "--variants", "fp32", "bf16", "--warmup", "1", "--steps", "3",
-                    "--repeats", "2", "--overhead-steps", "3", "8", "--overhead-repeats", "1"]
+            args = ["--models", "resnet8", "--batch", "16", "--variants", "fp32", "bf16", "fp32-manual", "--warmup", "1",
+                    "--steps", "3", "--repeats", "2", "--overhead-steps", "3", "8", "--overhead-repeats", "1",
+                    "--overhead-variants", "fp32-manual"]
         else:
-            args = ["--models", "resnet20", "--variants", "fp32", "bf16", "bf16-compiled", "fp32-compiled", "--warmup", "30",
-                    "--steps", "200", "--repeats", "3", "--overhead-steps", "200", "1200", "--overhead-repeats", "2"]
+            # the CUDA-graph step first (the fast path), then Lightning's eager step (measured on the
+            # H200 before: 2.68 ms overhead, docs/gpu-h200), torch.compile last (its compile is
+            # slow, so the cap may cut it); the overhead of the graph step alone
+            args = ["--models", "resnet20", "--variants", "fp32-graph", "bf16-graph", "fp32", "bf16-compiled",
+                    "--warmup", "30", "--steps", "500", "--repeats", "3", "--overhead-steps", "200", "1200",
+                    "--overhead-repeats", "2", "--overhead-variants", "fp32-graph"]
         proc = self.start(self.python("-m", "reproduce", "bench", *args, "--wandb", "disabled", "--json-out", str(path)),
                           self.report_dir / "bench.log")
         status = self.wait({"bench": proc}, time.monotonic() + cap)["bench"]
@@ -277,8 +287,9 @@ class Check:
                     self.log(f"bench {model} {variant}: plain {e['plain']['median']:.0f} img/s, package "
                              f"{e['package']['median']:.0f} img/s, ratio {e['ratio']['median']:.3f} "
                              f"({e['ratio']['min']:.3f}-{e['ratio']['max']:.3f})")
-        if "overhead" in bench:
-            self.log(f"bench per-step overhead: {bench['overhead']['overhead_ms']['median']:.2f} ms")
+        for variant, o in bench.get("overhead", {}).items():
+            self.log(f"bench per-step overhead, {variant}: " +
+                     (f"FAILED {o['error']}" if "error" in o else f"{o['overhead_ms']['median']:.2f} ms"))
 
     def choose_variant(self) -> tuple[str, float]:
         """The fastest variant the bench ran without error, and its package rate (it/s) there."""
@@ -287,7 +298,7 @@ class Check:
         measured = bench.get("models", {}).get(model, {})
         ok = {v: e["package"]["median"] / bench["batch"] for v, e in measured.items() if "package" in e}
         if not ok:
-            fallback = "fp32" if self.smoke else "bf16"
+            fallback = "fp32"
             self.note(f"the bench measured no variant; phases 3-4 use {fallback} with a guessed rate")
             return fallback, 20.0 if self.smoke else 200.0
         best = max(ok, key=ok.get)
@@ -296,7 +307,7 @@ class Check:
         return best, ok[best]
 
     def common(self, variant: str) -> list[str]:
-        base = ["wandb.mode=disabled", "trainer.progress=false", *VARIANT_OVERRIDES[variant], *self.data]
+        base = ["wandb.mode=disabled", "trainer.progress=false", *variant_overrides(variant), *self.data]
         if self.smoke:
             base += ["data.batch_size=16", "schedule.ref_batch=16", "data.eval_batch_size=64", "trainer.checkpoint_every=4"]
         return base
@@ -333,7 +344,7 @@ class Check:
             dirs["resnet20-eager-fp32"] = self.work / "r20-ref" / "resnet-paper" / model
             procs["resnet20-eager-fp32"] = self.start(
                 self.python("-m", "reproduce", "resnet-paper", f"models=[{model}]", f"out_dir={self.work / 'r20-ref'}",
-                            *self.common(variant), *VARIANT_OVERRIDES["fp32"], *sched),
+                            *self.common(variant), *variant_overrides("fp32"), *sched),
                 self.report_dir / "resnet20" / "resnet20-eager-fp32.log")
             progress["resnet20-eager-fp32"] = Progress(dirs["resnet20-eager-fp32"], t_start)
         self.r20 = (procs, progress, dirs, t_start)
@@ -518,11 +529,15 @@ def results_markdown(result: dict) -> str:
                 cell = [f"{e[k]['median']:.0f} ({e[k]['min']:.0f}-{e[k]['max']:.0f})" for k in ("plain", "package")]
                 lines.append(f"| {model} | {variant} | {cell[0]} | {cell[1]} | {e['ratio']['median']:.3f} "
                              f"({e['ratio']['min']:.3f}-{e['ratio']['max']:.3f}) |")
-        if "overhead" in bench:
-            o = bench["overhead"]
-            lines += ["", f"Per-step host overhead ({o['model']}, batch {o['batch']}, {o['threads']} thread, between "
-                      f"{o['lengths'][0]} and {o['lengths'][1]} iterations): {o['overhead_ms']['median']:.2f} ms "
-                      f"(min {o['overhead_ms']['min']:.2f}, max {o['overhead_ms']['max']:.2f})."]
+        for variant, o in bench.get("overhead", {}).items():
+            if "error" in o:
+                lines += ["", f"Per-step host overhead, {variant}: failed: {o['error']}"]
+                continue
+            lines += ["", f"Per-step host overhead, {variant} ({o['model']}, batch {o['batch']}, {o['threads']} thread, "
+                      f"between {o['lengths'][0]} and {o['lengths'][1]} iterations): {o['overhead_ms']['median']:.2f} ms "
+                      f"(min {o['overhead_ms']['min']:.2f}, max {o['overhead_ms']['max']:.2f}); the plain loop "
+                      f"{statistics.median(o['plain_ms_per_step']):.2f} ms per step, the package "
+                      f"{statistics.median(o['package_ms_per_step']):.2f} ms."]
         lines.append("")
     for key, title in (("resnet20", "ResNet-20 runs"), ("sweep", "Figure 6 sweep")):
         p = ph.get(key)

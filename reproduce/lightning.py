@@ -1,8 +1,8 @@
 """Every use of a Lightning internal, and the package's step-counting rule, in one place.
 
 Checked against pytorch-lightning 2.5.0 and 2.6.6 (setup.cfg: >=2.5.0,<2.7): the private names
-used here are `fit_loop.epoch_loop._should_accumulate()`, `fit_loop.epoch_loop.batch_idx` and
-`LightningModule._trainer`.
+used here are `fit_loop.epoch_loop._should_accumulate()`, `fit_loop.epoch_loop.batch_idx`,
+`LightningModule._trainer` and the layout of the checkpoint's step counters (`carry_step_count`).
 If a Lightning release renames them, this module is the one to change, and the resume tests
 (tests/test_resume.py) are the ones that notice.
 
@@ -19,8 +19,10 @@ import warnings
 import pytorch_lightning as pl
 
 # Lightning's advice that does not apply here: our loaders are in-memory iterables (no workers),
-# we log to CSV and W&B (no TensorBoard), and torch's LeafSpec deprecation comes from inside it.
-IGNORED_WARNINGS = r".*(does not have many workers|TensorBoard|LeafSpec|litlogger|Encountered `nan`|anonymous setting).*"
+# we log to CSV and W&B (no TensorBoard), torch's LeafSpec deprecation comes from inside it, and a
+# resume mid-epoch is exact without a resumable loader (TrainBatches starts at the restored step).
+IGNORED_WARNINGS = (r".*(does not have many workers|TensorBoard|LeafSpec|litlogger|Encountered `nan`|anonymous setting"
+                    r"|dataloader is not resumable).*")
 
 
 def ignore_known_warnings() -> None:
@@ -65,3 +67,25 @@ def log_now(trainer: pl.Trainer, metrics: dict, iteration: int) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=logger_step(iteration))
+
+
+AUTOMATIC_STEPS = "epoch_loop.automatic_optimization.optim_progress"
+MANUAL_STEPS = "epoch_loop.manual_optimization.optim_step_progress"
+
+
+def carry_step_count(checkpoint: dict, automatic: bool) -> None:
+    """Move the optimizer-step count of a checkpoint to the counter the resuming run reads.
+
+    Lightning keeps two counters (automatic and manual optimization) and `global_step` reads the
+    one of the module's current mode, so a checkpoint written in the other mode (trainer.train_step
+    differs, e.g. a cuda-graph run resumed on a CPU) would restart at step 0 without this."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    auto, manual = loops.get(AUTOMATIC_STEPS), loops.get(MANUAL_STEPS)
+    if auto is None or manual is None:
+        return
+    auto_steps = auto["optimizer"]["step"]
+    if automatic and manual["total"]["completed"] > auto_steps["total"]["completed"]:
+        auto["optimizer"]["step"] = {k: dict(v) for k, v in manual.items()}
+        auto["optimizer"]["zero_grad"] = {k: {**v, "started": v["completed"]} for k, v in manual.items()}
+    elif not automatic and auto_steps["total"]["completed"] > manual["total"]["completed"]:
+        loops[MANUAL_STEPS] = {k: dict(v) for k, v in auto_steps.items()}

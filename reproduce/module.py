@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from .lightning import attached_trainer, completes_step, iteration_in_progress, log_now
+from .graph_step import GraphedStep
+from .lightning import attached_trainer, carry_step_count, completes_step, iteration_in_progress, log_now
 
 
 TRAIN_SUMS = "train_metric_sums"  # checkpoint key of ClassifierModule.train_sums
@@ -31,8 +32,13 @@ class NonFiniteLoss(RuntimeError):
 
 class ClassifierModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, optim_cfg, log_every: int = 50,
-                 channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test")):
+                 channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test"),
+                 train_step: str = "lightning"):
         super().__init__()
+        # graph_step.py: "lightning" (automatic optimization), "manual" or "cuda-graph"
+        self.train_step_mode = train_step
+        self.automatic_optimization = train_step == "lightning"
+        self.graphs: dict[tuple, GraphedStep] = {}  # batch shape -> its captured step (cuda-graph)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
         # since the last log step: sum of micro-batch losses, micro-batches, wrong predictions,
@@ -49,8 +55,8 @@ class ClassifierModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
+    def loss_and_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch; adds its loss and errors to the running sums (no host sync)."""
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         sums = self.train_sums
@@ -58,10 +64,19 @@ class ClassifierModule(pl.LightningModule):
         sums[1] += 1
         sums[2] += (logits.detach().argmax(1) != y).sum()
         sums[3] += len(y)
-        if not completes_step(self.trainer):
-            return loss
-        step = iteration_in_progress(self.trainer)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        step = iteration_in_progress(self.trainer)  # before a manual opt.step() advances global_step
+        if self.automatic_optimization:
+            loss = self.loss_and_sums(x, y)  # Lightning runs backward and the optimizer step
+            if not completes_step(self.trainer):
+                return loss
+        else:
+            loss = self._manual_step(x, y)
         if step % self.log_every == 0 or step == self.trainer.max_steps:
+            sums = self.train_sums
             if self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
             loss_value, err = sums[0] / sums[1], sums[2] / sums[3] * 100
@@ -72,7 +87,22 @@ class ClassifierModule(pl.LightningModule):
             log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
         return loss
 
+    def _manual_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        opt = self.optimizers()
+        if self.train_step_mode == "cuda-graph":
+            key = (tuple(x.shape), tuple(y.shape), x.dtype)
+            if key not in self.graphs:
+                self.graphs[key] = GraphedStep(list(self.parameters()), x, y, self.loss_and_sums, self.channels_last)
+            loss = self.graphs[key](x, y)
+        else:
+            opt.zero_grad()
+            loss = self.loss_and_sums(x, y)
+            self.manual_backward(loss)
+        opt.step()
+        return loss
+
     def on_train_start(self):
+        # moved once, before any capture: a CUDA graph keeps the address of these sums
         self.train_sums = self.train_sums.to(self.device)
 
     def on_save_checkpoint(self, checkpoint):
@@ -85,6 +115,9 @@ class ClassifierModule(pl.LightningModule):
         checkpoint[TRAIN_SUMS] = sums.cpu().clone()
 
     def on_load_checkpoint(self, checkpoint):
+        # a run may resume with another train step (a GPU run continued on a CPU): Lightning counts
+        # automatic and manual optimizer steps apart, so the count moves to the one this run uses
+        carry_step_count(checkpoint, self.automatic_optimization)
         state = checkpoint["state_dict"]
         if TRAIN_SUMS in checkpoint:
             sums = checkpoint[TRAIN_SUMS].clone()
@@ -110,5 +143,7 @@ class ClassifierModule(pl.LightningModule):
         o = self.optim_cfg
         # Section 4.2: SGD, momentum 0.9, weight decay 1e-4 on all weights; the lr is set per step
         # by the LRSchedule callback.
+        # cuda-graph: the fused kernel (one launch per step instead of a few per parameter group)
+        fused = True if self.train_step_mode == "cuda-graph" else None
         return torch.optim.SGD(self.parameters(), lr=0.0, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.nesterov)
+                               weight_decay=o.weight_decay, nesterov=o.nesterov, fused=fused)

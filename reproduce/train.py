@@ -24,6 +24,7 @@ from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseS
 from .callbacks.checkpoint import Fault, RunInterrupted
 from .config import to_dict
 from .errors import ConfigError
+from .graph_step import train_step_for
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import ignore_known_warnings
@@ -125,8 +126,9 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     if cfg.trainer.compile:
         # static shapes: one graph (and one CUDA graph) per batch shape, train and eval alike
         model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, cfg.trainer.accelerator), dynamic=False)
+    train_step = train_step_for(cfg)
     module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
-                              dm.num_classes, dm.eval_splits)
+                              dm.num_classes, dm.eval_splits, train_step)
     s = cfg.schedule
     lr_cb = LRSchedule(schedule, s.on_plateau, s.plateau_patience, s.plateau_threshold, s.max_drops)
     callbacks = [lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), StopAtLastStep(), EvalLines(name)]
@@ -140,7 +142,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     run_id = files.wandb_id(create=True)
     loggers = [CSVMetrics(run_dir, resume_step)]
     family = "resnet" if is_residual(model_name) else "plain"
-    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
+    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0), "train_step_used": train_step,
                     "total_steps": schedule.total_steps, "env": environment()}
     tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
     # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already

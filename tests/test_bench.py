@@ -37,7 +37,8 @@ def test_bench_json_structure_and_paired_ratios(bench):
 
 
 def test_overhead_is_the_marginal_time_between_two_run_lengths(bench):
-    o = bench[0]["overhead"]
+    assert set(bench[0]["overhead"]) == {"fp32", "fp32-manual"}  # the CPU default: Lightning's step and the manual one
+    o = bench[0]["overhead"]["fp32-manual"]
     assert (o["model"], o["batch"], o["threads"], o["lengths"]) == ("resnet8", 2, 1, [3, 7])
     for path in ("plain", "package"):
         s = o["seconds"][path]

@@ -138,10 +138,10 @@ def test_gpu_check_cpu_smoke_end_to_end_without_installing_the_package(tmp_path)
     ph = result["phases"]
     assert ph["data"]["train_images"] == 100 and ph["data"]["test_images"] == 20
     bench = ph["bench"]["models"]["resnet8"]
-    for variant in ("fp32", "bf16"):  # bf16 autocast measured on the CPU too
+    for variant in ("fp32", "bf16", "fp32-manual"):  # bf16 autocast and the manual step measured on the CPU too
         e = bench[variant]
         assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["package"]["values"], e["plain"]["values"])])
-    assert "overhead_ms" in ph["bench"]["overhead"]
+    assert "overhead_ms" in ph["bench"]["overhead"]["fp32-manual"]
     runs = ph["resnet20"]["runs"]
     assert set(runs) == {"resnet20-div10", "resnet20-halved", "resnet20-eager-fp32"}
     assert all(r["status"] == "done" and r["step"] == 8 for r in runs.values()), runs

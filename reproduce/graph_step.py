@@ -1,0 +1,110 @@
+"""How the training step runs: Lightning's automatic optimization, a manual step, or a CUDA graph.
+
+A ResNet-20 step at batch 128 is launch-bound on a large GPU: its forward and backward are ~600
+small kernels, each launched from Python (measured on an H200: 100 it/s eager, against the
+~1 ms the kernels themselves need; docs/gpu-h200). `cuda-graph` captures forward, loss, backward
+and the training-metric sums of one batch shape once (`torch.cuda.graph`) and then replays them
+as a single launch per step. What stays outside the graph, per step:
+  - the batch: sampled and augmented on the device as before (a generator seeded by the step, so
+    a resumed run draws the same crops), then copied into the graph's static input;
+  - the optimizer step, through Lightning (`opt.step()`), so `global_step`, the checkpoint's
+    optimizer state and the lr schedule (a float set per step by LRSchedule) work unchanged; on
+    CUDA it is the fused SGD kernel.
+The forward and backward inside the graph are the same operations as eager; only their launch
+changes. Each batch shape (a batch-size schedule has several) gets its own graph, captured after
+`WARMUP_STEPS` eager steps of that shape on a side stream (cudnn.benchmark picks its kernels
+then; PyTorch requires the warmup before capture).
+
+`manual` is the same step without the capture (eager, any device), so the CPU tests exercise the
+path the GPU runs; `lightning` is automatic optimization (needed for gradient accumulation and
+for the gradient-noise callback, which hooks into backward).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import ConfigError
+
+TRAIN_STEPS = ("auto", "lightning", "manual", "cuda-graph")
+WARMUP_STEPS = 3  # eager steps per batch shape before its capture (PyTorch's CUDA-graph docs use 3)
+
+
+def train_step_for(cfg, cuda_available: bool | None = None) -> str:
+    """The resolved `trainer.train_step`: what `auto` means for this run, and a one-line error
+    naming the key when an explicit choice cannot work."""
+    t = cfg.trainer
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    on_cuda = cuda and t.accelerator in ("auto", "gpu", "cuda")
+    single = t.devices == 1 and t.num_nodes == 1
+    blockers = []  # why a CUDA graph cannot capture this run's step
+    if not on_cuda:
+        blockers.append("it needs a CUDA device")
+    if not single:
+        blockers.append("it runs on one device (DDP's gradient all-reduce is not captured)")
+    if t.accumulate != 1:
+        blockers.append("it needs trainer.accumulate=1")
+    if t.compile:
+        blockers.append("trainer.compile=true captures its own graphs")
+    if t.noise_scale:
+        blockers.append("trainer.noise_scale hooks into every backward")
+    if t.train_step == "auto":
+        return "lightning" if blockers else "cuda-graph"
+    if t.train_step == "cuda-graph" and blockers:
+        raise ConfigError(f"trainer.train_step=cuda-graph: {'; '.join(blockers)} (use auto, lightning or manual)")
+    if t.train_step == "manual" and t.accumulate != 1:
+        raise ConfigError("trainer.train_step=manual needs trainer.accumulate=1 (use lightning to accumulate)")
+    return t.train_step
+
+
+class GraphedStep:
+    """Forward, loss, backward and metric sums of one batch shape as one CUDA graph.
+
+    `compute(x, y)` returns the loss and updates the module's on-device sums in place; it is
+    traced once at capture and must not sync the host. Gradients live in the graph's memory: each
+    replay rewrites the same `.grad` tensors, which the (eager) optimizer step then reads.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor,
+                 compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], channels_last: bool):
+        self.params, self.compute = params, compute
+        fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+        self.x = torch.empty_like(x, memory_format=fmt)  # the graph's static input
+        self.y = torch.empty_like(y)
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.grads: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        if self.graph is not None:
+            self._restore_grads()
+            self.graph.replay()
+            return self.loss
+        for p in self.params:  # backward allocates fresh gradients (in the graph's pool at capture)
+            p.grad = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        if self.eager_steps < WARMUP_STEPS:
+            with torch.cuda.stream(side):
+                loss = self.compute(self.x, self.y)
+                loss.backward()
+            torch.cuda.current_stream().wait_stream(side)
+            self.eager_steps += 1
+            return loss
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.loss = self.compute(self.x, self.y)
+            self.loss.backward()
+        self.graph, self.grads = graph, [p.grad for p in self.params]
+        graph.replay()  # capture records without running: this step's work happens here
+        return self.loss
+
+    def _restore_grads(self) -> None:
+        """Point `.grad` at this graph's gradients (another batch shape's graph may have moved it)."""
+        if self.params and self.params[0].grad is not self.grads[0]:
+            for p, g in zip(self.params, self.grads):
+                p.grad = g

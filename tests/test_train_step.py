@@ -1,0 +1,135 @@
+"""How a step runs (reproduce/graph_step.py): which mode `auto` picks, the one-line errors of an
+explicit choice that cannot work, and a checkpoint's step count carried across modes."""
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from reproduce.config import compose
+from reproduce.errors import ConfigError
+from reproduce.graph_step import GraphedStep, train_step_for
+from reproduce.lightning import AUTOMATIC_STEPS, MANUAL_STEPS, carry_step_count
+
+
+def cfg(*overrides):
+    return compose("resnet", "smoke", list(overrides))
+
+
+@pytest.mark.parametrize("overrides,cuda,expected", [
+    ((), True, "cuda-graph"),                                # one CUDA device: the graph
+    ((), False, "lightning"),                                # CPU
+    (("trainer.accelerator=cpu",), True, "lightning"),       # CPU asked for on a GPU machine
+    (("trainer.devices=2",), True, "lightning"),             # DDP
+    (("trainer.accumulate=2",), True, "lightning"),          # accumulation needs Lightning's loop
+    (("trainer.compile=true",), True, "lightning"),          # compile captures its own graphs
+    (("trainer.noise_scale=true",), True, "lightning"),      # the noise estimate hooks into backward
+    (("trainer.train_step=manual",), False, "manual"),
+    (("trainer.train_step=lightning",), True, "lightning"),
+])
+def test_auto_picks_the_graph_only_where_it_can_capture(overrides, cuda, expected):
+    assert train_step_for(cfg(*overrides), cuda_available=cuda) == expected
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("trainer.train_step=cuda-graph", "trainer.accelerator=cpu"), "needs a CUDA device"),
+    (("trainer.train_step=manual", "trainer.accumulate=2"), "manual needs trainer.accumulate=1"),
+])
+def test_an_impossible_choice_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        compose("resnet", "smoke", list(overrides))
+    assert "trainer.train_step" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_graph_blockers_are_all_named():
+    c = cfg("trainer.devices=2", "trainer.accumulate=2", "trainer.compile=true")
+    OmegaConf.update(c, "trainer.train_step", "cuda-graph")
+    with pytest.raises(ConfigError) as e:
+        train_step_for(c, cuda_available=True)
+    text = str(e.value)
+    assert "one device" in text and "accumulate=1" in text and "compile" in text
+
+
+def test_a_misspelled_mode_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="auto, lightning, manual, cuda-graph"):
+        compose("resnet", "smoke", ["trainer.train_step=graph"])
+
+
+def _loops(auto_steps: int, manual_steps: int) -> dict:
+    def counter(n):
+        return {"total": {"ready": n, "completed": n}, "current": {"ready": n, "completed": n}}
+    zero_grad = {k: {**v, "started": v["completed"]} for k, v in counter(auto_steps).items()}
+    return {"loops": {"fit_loop": {AUTOMATIC_STEPS: {"optimizer": {"step": counter(auto_steps), "zero_grad": zero_grad}},
+                                   MANUAL_STEPS: counter(manual_steps)}}}
+
+
+def test_step_count_moves_to_the_mode_that_resumes():
+    # written by Lightning's automatic loop at step 40, resumed by a manual (or cuda-graph) step
+    ckpt = _loops(40, 0)
+    carry_step_count(ckpt, automatic=False)
+    assert ckpt["loops"]["fit_loop"][MANUAL_STEPS]["total"]["completed"] == 40
+    # and the other way (a GPU run continued on a CPU)
+    ckpt = _loops(0, 40)
+    carry_step_count(ckpt, automatic=True)
+    auto = ckpt["loops"]["fit_loop"][AUTOMATIC_STEPS]["optimizer"]
+    assert auto["step"]["total"]["completed"] == 40 and auto["zero_grad"]["total"]["started"] == 40
+    # the same mode: untouched
+    for automatic, ckpt in ((True, _loops(40, 0)), (False, _loops(0, 40))):
+        before = copy.deepcopy(ckpt)
+        carry_step_count(ckpt, automatic)
+        assert ckpt == before
+
+
+def test_the_carried_counter_is_the_one_lightning_reads(tmp_path):
+    """Against Lightning itself: a manual-mode Trainer restored from an automatic-mode checkpoint
+    reports its global_step (the private layout lives in lightning.py; this notices a rename)."""
+    import pytorch_lightning as pl
+    from reproduce.config import OptimConfig
+    from reproduce.models import build
+    from reproduce.module import ClassifierModule
+
+    class Steps(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(100):
+                yield torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+
+    class StartStep(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+
+    def trainer(steps):
+        return pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                          callbacks=[StartStep()])
+
+    optim = OmegaConf.structured(OptimConfig)
+    loader = torch.utils.data.DataLoader(Steps(), batch_size=None)
+    first = trainer(3)
+    first.fit(ClassifierModule(build("resnet8"), optim, log_every=1, train_step="lightning"), loader)
+    first.save_checkpoint(tmp_path / "auto.ckpt")
+    second = trainer(5)
+    manual = ClassifierModule(build("resnet8"), optim, log_every=1, train_step="manual")
+    second.fit(manual, loader, ckpt_path=tmp_path / "auto.ckpt")
+    assert second.callbacks[0].step == 3  # continues at the restored step, not at 0
+    assert second.global_step == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_step_matches_eager_on_cuda():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10)).cuda()
+    model(torch.randn(2, 3, 8, 8, device="cuda"))
+    eager = copy.deepcopy(model)
+    params = list(model.parameters())
+    step = GraphedStep(params, torch.empty(4, 3, 8, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"),
+                       lambda x, y: torch.nn.functional.cross_entropy(model(x), y), channels_last=False)
+    for i in range(6):  # 3 warm-up steps, the capture, then replays
+        x, y = torch.randn(4, 3, 8, 8, device="cuda"), torch.randint(0, 10, (4,), device="cuda")
+        step(x, y)
+        eager.zero_grad()
+        torch.nn.functional.cross_entropy(eager(x), y).backward()
+        for p, q in zip(params, eager.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    assert step.graph is not None
