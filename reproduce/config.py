@@ -289,6 +289,23 @@ def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) 
     return cfg
 
 
+def quick_equivalent(experiment: str) -> str:
+    """The experiment whose `--quick` run is the same as this one's: the furthest ancestor along
+    `extends:` whose quick config differs only in name and description. `resnet-8k --quick` is
+    `resnet --quick` (its models and lengths are all overridden by resnet's quick section), while
+    `resnet-paper --quick` keeps its own ÷10 schedule and stays itself."""
+    identity = {"experiment": "", "description": ""}
+    mine = OmegaConf.merge(compose(experiment, "quick"), identity)
+    best, name = experiment, experiment
+    while True:
+        parent = load_yaml(CONFIG_DIR / f"{name}.yaml").get("extends")
+        if not parent:
+            return best
+        if OmegaConf.merge(compose(parent, "quick"), identity) == mine:
+            best = parent
+        name = parent
+
+
 def apply_override(cfg: DictConfig, item: str) -> DictConfig:
     """One `key=value` from the command line."""
     if "=" not in item:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from .callbacks.progress import SWEEP, PlannedRun, duration
-from .config import ConfigError
+from .config import ConfigError, quick_equivalent
 from .models import build
 from .schedules import Schedule
 from .runs import read_status
@@ -141,9 +141,10 @@ def run_cost(run_cfg) -> tuple[int, float]:
 def quick_hint(cfg) -> str | None:
     if cfg.profile != "paper":
         return None
-    measured = QUICK_MEASURED.get(cfg.experiment)
+    quick = quick_equivalent(cfg.experiment)
+    measured = QUICK_MEASURED.get(quick)
     took = f"{measured} on the README's 2-core machine" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
-    return (f"that is long for a CPU: `python -m reproduce {cfg.experiment} --quick` runs the same comparison "
+    return (f"that is long for a CPU: `python -m reproduce {quick} --quick` runs the same comparison "
             f"in a laptop-sized run ({took}; README, \"Profiles\")")
 
 

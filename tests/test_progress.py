@@ -89,6 +89,14 @@ def test_quick_hint_quotes_the_measured_time_and_only_for_the_paper_profile():
     assert quick_hint(compose("resnet", "quick")) is None and quick_hint(compose("resnet", "smoke")) is None
 
 
+def test_quick_hint_names_the_experiment_whose_quick_run_it_is():
+    # resnet-8k's quick run is resnet's (resnet's quick section overrides all it changes); resnet-paper
+    # keeps its ÷10 schedule in its quick run, so it names itself
+    assert "`python -m reproduce resnet --quick`" in quick_hint(compose("resnet-8k"))
+    assert QUICK_MEASURED["resnet"] in quick_hint(compose("resnet-8k"))
+    assert "`python -m reproduce resnet-paper --quick`" in quick_hint(compose("resnet-paper"))
+
+
 def test_run_cost_grows_with_depth_and_images():
     steps20, cost20 = run_cost(compose("resnet", overrides=["models=[resnet20]"]))
     steps110, cost110 = run_cost(compose("resnet", overrides=["models=[resnet110]"]))
