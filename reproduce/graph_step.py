@@ -40,9 +40,16 @@ def train_step_for(cfg, cuda_available: bool | None = None) -> str:
     single = t.devices == 1 and t.num_nodes == 1
     blockers = []  # why a CUDA graph cannot capture this run's step
     if not on_cuda:
-        blockers.append("it needs a CUDA device")
+        blockers.append(f"it needs a CUDA device (trainer.accelerator={t.accelerator}, "
+                        f"CUDA {'available' if cuda else 'not available'})")
     if not single:
-        blockers.append("it runs on one device (DDP's gradient all-reduce is not captured)")
+        blockers.append(f"it needs trainer.devices=1 and trainer.num_nodes=1, got {t.devices} and {t.num_nodes} "
+                        f"(DDP's gradient all-reduce is not captured)")
+    if t.strategy not in ("auto", "single_device"):
+        blockers.append(f"it needs trainer.strategy=auto, got {t.strategy} (a strategy's backward hooks are not captured)")
+    if str(t.precision) in ("16", "16-mixed"):
+        blockers.append(f"trainer.precision={t.precision} scales the loss with a GradScaler outside the graph "
+                        f"(use bf16-mixed or 32-true)")
     if t.accumulate != 1:
         blockers.append("it needs trainer.accumulate=1")
     if t.compile:
@@ -104,7 +111,9 @@ class GraphedStep:
         return self.loss
 
     def _restore_grads(self) -> None:
-        """Point `.grad` at this graph's gradients (another batch shape's graph may have moved it)."""
+        """Point `.grad` at this graph's gradients. Only whole-set moves happen (another batch
+        shape's graph, or a zero_grad that sets every gradient to None), so the first parameter
+        tells; checking all of them would cost a Python loop over every parameter each step."""
         if self.params and self.params[0].grad is not self.grads[0]:
             for p, g in zip(self.params, self.grads):
                 p.grad = g

@@ -105,6 +105,11 @@ class ClassifierModule(pl.LightningModule):
         # moved once, before any capture: a CUDA graph keeps the address of these sums
         self.train_sums = self.train_sums.to(self.device)
 
+    def on_train_end(self):
+        # each captured graph holds a private memory pool with its own gradients: free them
+        # before the final test (and before the next run when a sweep shares the process)
+        self.graphs.clear()
+
     def on_save_checkpoint(self, checkpoint):
         sums = self.train_sums.detach()
         trainer = attached_trainer(self)
@@ -118,6 +123,12 @@ class ClassifierModule(pl.LightningModule):
         # a run may resume with another train step (a GPU run continued on a CPU): Lightning counts
         # automatic and manual optimizer steps apart, so the count moves to the one this run uses
         carry_step_count(checkpoint, self.automatic_optimization)
+        # SGD's kernel choice is saved in its param groups and load_state_dict would bring it back:
+        # a cuda-graph checkpoint resumed on a CPU must not ask for the fused CUDA kernel, nor a
+        # lightning checkpoint resumed as cuda-graph lose it
+        for opt_state in checkpoint.get("optimizer_states", []):
+            for group in opt_state.get("param_groups", []):
+                group.update(self.sgd_kernel())
         state = checkpoint["state_dict"]
         if TRAIN_SUMS in checkpoint:
             sums = checkpoint[TRAIN_SUMS].clone()
@@ -143,7 +154,10 @@ class ClassifierModule(pl.LightningModule):
         o = self.optim_cfg
         # Section 4.2: SGD, momentum 0.9, weight decay 1e-4 on all weights; the lr is set per step
         # by the LRSchedule callback.
-        # cuda-graph: the fused kernel (one launch per step instead of a few per parameter group)
-        fused = True if self.train_step_mode == "cuda-graph" else None
         return torch.optim.SGD(self.parameters(), lr=0.0, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.nesterov, fused=fused)
+                               weight_decay=o.weight_decay, nesterov=o.nesterov, **self.sgd_kernel())
+
+    def sgd_kernel(self) -> dict:
+        """cuda-graph: the fused kernel (one launch per step instead of a few per parameter group);
+        otherwise torch's default choice."""
+        return {"fused": True if self.train_step_mode == "cuda-graph" else None, "foreach": None}

@@ -24,6 +24,8 @@ def cfg(*overrides):
     (("trainer.accumulate=2",), True, "lightning"),          # accumulation needs Lightning's loop
     (("trainer.compile=true",), True, "lightning"),          # compile captures its own graphs
     (("trainer.noise_scale=true",), True, "lightning"),      # the noise estimate hooks into backward
+    (("trainer.strategy=ddp",), True, "lightning"),          # DDP's hooks, even on one device
+    (("trainer.precision=16-mixed",), True, "lightning"),    # fp16's GradScaler works outside the graph
     (("trainer.train_step=manual",), False, "manual"),
     (("trainer.train_step=lightning",), True, "lightning"),
 ])
@@ -34,6 +36,7 @@ def test_auto_picks_the_graph_only_where_it_can_capture(overrides, cuda, expecte
 @pytest.mark.parametrize("overrides,message", [
     (("trainer.train_step=cuda-graph", "trainer.accelerator=cpu"), "needs a CUDA device"),
     (("trainer.train_step=manual", "trainer.accumulate=2"), "manual needs trainer.accumulate=1"),
+    (("trainer.train_step=cuda-graph", "trainer.precision=16-mixed"), "trainer.precision=16-mixed"),
 ])
 def test_an_impossible_choice_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -47,7 +50,7 @@ def test_graph_blockers_are_all_named():
     with pytest.raises(ConfigError) as e:
         train_step_for(c, cuda_available=True)
     text = str(e.value)
-    assert "one device" in text and "accumulate=1" in text and "compile" in text
+    assert "trainer.devices=1" in text and "accumulate=1" in text and "compile" in text
 
 
 def test_a_misspelled_mode_lists_the_valid_ones():
@@ -80,9 +83,11 @@ def test_step_count_moves_to_the_mode_that_resumes():
         assert ckpt == before
 
 
-def test_the_carried_counter_is_the_one_lightning_reads(tmp_path):
-    """Against Lightning itself: a manual-mode Trainer restored from an automatic-mode checkpoint
-    reports its global_step (the private layout lives in lightning.py; this notices a rename)."""
+@pytest.mark.parametrize("saved_by,resumed_by", [("lightning", "manual"), ("manual", "lightning")])
+def test_the_carried_counter_is_the_one_lightning_reads(tmp_path, saved_by, resumed_by):
+    """Against Lightning itself: a Trainer restored from a checkpoint of the other mode reports its
+    global_step (the private layout lives in lightning.py; this notices a rename). The checkpoint
+    is marked as a cuda-graph run's (fused SGD): the resumed run uses its own kernel choice."""
     import pytorch_lightning as pl
     from reproduce.config import OptimConfig
     from reproduce.models import build
@@ -106,13 +111,18 @@ def test_the_carried_counter_is_the_one_lightning_reads(tmp_path):
     optim = OmegaConf.structured(OptimConfig)
     loader = torch.utils.data.DataLoader(Steps(), batch_size=None)
     first = trainer(3)
-    first.fit(ClassifierModule(build("resnet8"), optim, log_every=1, train_step="lightning"), loader)
-    first.save_checkpoint(tmp_path / "auto.ckpt")
+    first.fit(ClassifierModule(build("resnet8"), optim, log_every=1, train_step=saved_by), loader)
+    first.save_checkpoint(tmp_path / "first.ckpt")
+    ckpt = torch.load(tmp_path / "first.ckpt", weights_only=False)
+    for group in ckpt["optimizer_states"][0]["param_groups"]:
+        group["fused"] = True  # as a cuda-graph run saves it
+    torch.save(ckpt, tmp_path / "first.ckpt")
     second = trainer(5)
-    manual = ClassifierModule(build("resnet8"), optim, log_every=1, train_step="manual")
-    second.fit(manual, loader, ckpt_path=tmp_path / "auto.ckpt")
+    resumed = ClassifierModule(build("resnet8"), optim, log_every=1, train_step=resumed_by)
+    second.fit(resumed, loader, ckpt_path=tmp_path / "first.ckpt")
     assert second.callbacks[0].step == 3  # continues at the restored step, not at 0
     assert second.global_step == 5
+    assert [g["fused"] for g in second.optimizers[0].param_groups] == [None]  # not the checkpoint's
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -133,3 +143,42 @@ def test_graphed_step_matches_eager_on_cuda():
         for p, q in zip(params, eager.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
     assert step.graph is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_trains_as_the_manual_step_through_lightning():
+    """The whole path on a GPU: Trainer, two batch shapes (a batch-size schedule captures one graph
+    each and moves `.grad` between them), channels_last, fused SGD. Weights, BN statistics, the
+    training sums and the step count must match the eager manual step up to kernel rounding."""
+    import pytorch_lightning as pl
+    from reproduce.config import OptimConfig
+    from reproduce.models import build
+    from reproduce.module import ClassifierModule
+
+    class TwoShapes(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for i in range(12):
+                n = 8 if i < 6 else 16
+                yield torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    class FixedLr(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = 0.05
+
+    trained = {}
+    for mode in ("manual", "cuda-graph"):
+        torch.manual_seed(0)
+        module = ClassifierModule(build("resnet8"), OmegaConf.structured(OptimConfig), log_every=4, train_step=mode)
+        trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=12, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             callbacks=[FixedLr()])
+        trainer.fit(module, torch.utils.data.DataLoader(TwoShapes(), batch_size=None))
+        assert trainer.global_step == 12
+        trained[mode] = ({k: v.detach().cpu() for k, v in module.state_dict().items()}, module.train_sums.cpu())
+    (eager, eager_sums), (graphed, graphed_sums) = trained["manual"], trained["cuda-graph"]
+    assert eager.keys() == graphed.keys()
+    for k in eager:  # parameters and BN running statistics (a double or missing BN update shows here)
+        torch.testing.assert_close(graphed[k].float(), eager[k].float(), rtol=1e-3, atol=1e-4, msg=k)
+    torch.testing.assert_close(graphed_sums, eager_sums, rtol=1e-4, atol=1e-4)
