@@ -83,44 +83,54 @@ def test_step_count_moves_to_the_mode_that_resumes():
         assert ckpt == before
 
 
+class Batches(torch.utils.data.IterableDataset):
+    """Random CIFAR-shaped batches, the same each time: `sizes` gives each step's batch size."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        for n in self.sizes:
+            yield torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def fit_resnet8(train_step, sizes, max_steps, accelerator="cpu", callbacks=(), ckpt_path=None):
+    """A ResNet-8 ClassifierModule fitted by a bare Lightning Trainer: the module, the trainer."""
+    import pytorch_lightning as pl
+    from reproduce.config import OptimConfig
+    from reproduce.models import build
+    from reproduce.module import ClassifierModule
+
+    torch.manual_seed(0)
+    module = ClassifierModule(build("resnet8"), OmegaConf.structured(OptimConfig), log_every=4, train_step=train_step)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=max_steps, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, torch.utils.data.DataLoader(Batches(sizes), batch_size=None), ckpt_path=ckpt_path)
+    return module, trainer
+
+
 @pytest.mark.parametrize("saved_by,resumed_by", [("lightning", "manual"), ("manual", "lightning")])
 def test_the_carried_counter_is_the_one_lightning_reads(tmp_path, saved_by, resumed_by):
     """Against Lightning itself: a Trainer restored from a checkpoint of the other mode reports its
     global_step (the private layout lives in lightning.py; this notices a rename). The checkpoint
     is marked as a cuda-graph run's (fused SGD): the resumed run uses its own kernel choice."""
     import pytorch_lightning as pl
-    from reproduce.config import OptimConfig
-    from reproduce.models import build
-    from reproduce.module import ClassifierModule
-
-    class Steps(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            g = torch.Generator().manual_seed(0)
-            for _ in range(100):
-                yield torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
 
     class StartStep(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             self.step = trainer.global_step
 
-    def trainer(steps):
-        return pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                          callbacks=[StartStep()])
-
-    optim = OmegaConf.structured(OptimConfig)
-    loader = torch.utils.data.DataLoader(Steps(), batch_size=None)
-    first = trainer(3)
-    first.fit(ClassifierModule(build("resnet8"), optim, log_every=1, train_step=saved_by), loader)
+    _, first = fit_resnet8(saved_by, [4] * 100, max_steps=3)
     first.save_checkpoint(tmp_path / "first.ckpt")
     ckpt = torch.load(tmp_path / "first.ckpt", weights_only=False)
     for group in ckpt["optimizer_states"][0]["param_groups"]:
         group["fused"] = True  # as a cuda-graph run saves it
     torch.save(ckpt, tmp_path / "first.ckpt")
-    second = trainer(5)
-    resumed = ClassifierModule(build("resnet8"), optim, log_every=1, train_step=resumed_by)
-    second.fit(resumed, loader, ckpt_path=tmp_path / "first.ckpt")
-    assert second.callbacks[0].step == 3  # continues at the restored step, not at 0
+    start = StartStep()
+    _, second = fit_resnet8(resumed_by, [4] * 100, max_steps=5, callbacks=[start], ckpt_path=tmp_path / "first.ckpt")
+    assert start.step == 3  # continues at the restored step, not at 0
     assert second.global_step == 5
     assert [g["fused"] for g in second.optimizers[0].param_groups] == [None]  # not the checkpoint's
 
@@ -151,16 +161,6 @@ def test_cuda_graph_trains_as_the_manual_step_through_lightning():
     each and moves `.grad` between them), channels_last, fused SGD. Weights, BN statistics, the
     training sums and the step count must match the eager manual step up to kernel rounding."""
     import pytorch_lightning as pl
-    from reproduce.config import OptimConfig
-    from reproduce.models import build
-    from reproduce.module import ClassifierModule
-
-    class TwoShapes(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            g = torch.Generator().manual_seed(0)
-            for i in range(12):
-                n = 8 if i < 6 else 16
-                yield torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
     class FixedLr(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -169,12 +169,7 @@ def test_cuda_graph_trains_as_the_manual_step_through_lightning():
 
     trained = {}
     for mode in ("manual", "cuda-graph"):
-        torch.manual_seed(0)
-        module = ClassifierModule(build("resnet8"), OmegaConf.structured(OptimConfig), log_every=4, train_step=mode)
-        trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=12, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             callbacks=[FixedLr()])
-        trainer.fit(module, torch.utils.data.DataLoader(TwoShapes(), batch_size=None))
+        module, trainer = fit_resnet8(mode, [8] * 6 + [16] * 6, max_steps=12, accelerator="gpu", callbacks=[FixedLr()])
         assert trainer.global_step == 12
         trained[mode] = ({k: v.detach().cpu() for k, v in module.state_dict().items()}, module.train_sums.cpu())
     (eager, eager_sums), (graphed, graphed_sums) = trained["manual"], trained["cuda-graph"]
