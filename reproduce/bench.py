@@ -7,17 +7,19 @@ Two ways of training the same model on the same in-memory data, with the same au
            callback (lr schedule, batch check, atomic checkpoint, evaluation lines), the CSV logger
            and W&B (offline; off when wandb is not installed).
 Each variant (fp32 | bf16 autocast; Lightning's eager step, the manual step, the CUDA-graph step of
-graph_step.py, or torch.compile) is timed over `--repeats` repeats,
-plain and package interleaved (a plain repeat, then a package repeat, ...), so a slow spell of a
-shared machine hits both; each package repeat is one `run_one` call whose steps `warmup` ..
-`warmup + steps` are timed from inside `fit` (a callback that synchronises the device at the two
-marks only). The ratio package/plain is taken per pair of repeats; the median, min and max are
-reported, in images/s.
+graph_step.py, or torch.compile) is one `run_one` call with the plain loop interleaved inside its
+fit (`Interleaved`): `--steps` steps of the plain loop, then `--steps` steps of the package, and so
+on for `--repeats` pairs. A pair is two neighbouring slices of the same moments of a shared
+machine, so its ratio is free of the slow spells that made the earlier design (one `run_one`
+call per repeat, seconds apart) spread by ±20% on this project's 2-core machine. The ratio is taken
+per pair; the median and quartiles are reported, in images/s.
 
 Per-step host overhead: on a tiny model (resnet8, batch 2, 1 thread) the device work is small, so
-what the framework adds per step shows. It is the marginal time per iteration between two run
-lengths, (T(L2) - T(L1)) / (L2 - L1), of whole `run_one` calls (setup, W&B, final evaluation and
-everything else that does not grow with the run cancels) minus the same for the plain loop.
+what the framework adds per step shows: ms per step of the fit minus the plain loop's, per pair of
+`--overhead-steps` windows, evaluation taken out. Measured for run_one (`--overhead-variants`) and
+for `BareModule`, the same step in the least LightningModule (no metrics, callbacks, loggers or
+DataModule): Lightning's own floor, which the package cannot go under while it uses Lightning's loop;
+the difference of the two is the package's own cost.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ from .models import build
 from .module import ClassifierModule
 from .train import compile_mode_for, run_one
 
+# the per-step overhead's model, batch and threads: little device work, so the host's shows
+OVERHEAD_MODEL = ("resnet8", 2, 1)
+LIGHTNING_FLOOR = "lightning-floor"  # the overhead entry of BareModule
 # name -> (Lightning precision, torch.compile, trainer.train_step)
 VARIANTS = {"fp32": ("32-true", False, "lightning"), "bf16": ("bf16-mixed", False, "lightning"),
             "fp32-manual": ("32-true", False, "manual"),
@@ -58,8 +63,10 @@ def _sync(device: torch.device) -> None:
 
 
 def summary(values: list[float]) -> dict:
+    """Median, range and quartiles (the middle half of the pairs) of a list of measurements."""
     med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values),
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (med, med, med)
+    return {"median": med, "min": min(values), "max": max(values), "q1": q1, "q3": q3,
             "spread_pct": 100 * (max(values) - min(values)) / (2 * med) if med else 0.0, "values": values}
 
 
@@ -116,24 +123,109 @@ class PlainLoop:
 
 
 # --------------------------------------------------------------------------------------------
-# the package: run_one, timed from inside fit
+# the package: run_one, with the plain loop interleaved inside its fit
 
 
-class WindowTimer(pl.Callback):
-    """Seconds between the starts of optimizer steps `start` and `stop` (device synchronised there only)."""
+class CallCounter:
+    """Function calls on the main thread while on (Python functions, and C functions called from
+    Python: `sys.setprofile` events): the host work of a step counted rather than timed, so the same
+    code gives the same count on any machine, however loaded."""
 
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = start, stop
-        self.t0 = self.seconds = None
+    def __init__(self):
+        self.calls = 0
+
+    def _event(self, frame, event, arg):
+        if event in ("call", "c_call"):
+            self.calls += 1
+
+    def on(self) -> None:
+        sys.setprofile(self._event)
+
+    def off(self) -> None:
+        sys.setprofile(None)
+
+
+class Interleaved(pl.Callback):
+    """Alternates the plain loop and the fit it rides in, `window` steps each, `pairs` times.
+
+    At the start of optimizer step `start + i * window` (i = 0 .. pairs) it closes the fit's window
+    i - 1, runs the plain loop for `window` steps (timed), and opens window i, so each pair is two
+    neighbouring slices of the same second of the machine's life: a slow spell of a shared machine
+    hits both. Everything the fit does between two window starts is in its window (data, every
+    callback, logging, checkpoints) except evaluation, which is timed apart (`eval_seconds`) and
+    taken out: the plain loop does not evaluate. The device is synchronised at the marks only.
+
+    With `count_calls`, one more pair follows, untimed, with the function calls counted
+    (`CallCounter`): `plain_calls` and `fit_calls` per step.
+    """
+
+    def __init__(self, plain: "PlainLoop", start: int, window: int, pairs: int, clock=time.perf_counter,
+                 count_calls: bool = False):
+        self.plain, self.start, self.window, self.pairs, self.clock = plain, start, window, pairs, clock
+        self.plain_seconds: list[float] = []
+        self.fit_seconds: list[float] = []
+        self.eval_seconds = 0.0
+        self.count_calls = count_calls
+        self.plain_calls = self.fit_calls = None  # per step, with count_calls
+        self._counter: CallCounter | None = None
+        self._t0: float | None = None
+        self._eval_in_window = self._eval_t0 = 0.0
+
+    @property
+    def last_step(self) -> int:
+        """The fit must run at least to here (max_steps) for every window to close."""
+        return self.start + self.window * (self.pairs + self.count_calls) + 1
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step not in (self.start, self.stop):
+        offset = trainer.global_step - self.start
+        if offset < 0 or offset % self.window:
             return
+        window = offset // self.window
+        if window < self.pairs or (window == self.pairs and self._t0 is not None):
+            _sync(pl_module.device)
+            if self._t0 is not None:
+                self.fit_seconds.append(self.clock() - self._t0 - self._eval_in_window)
+                self._t0 = None
+            if window < self.pairs:
+                self.plain_seconds.append(self.plain.run(self.window))
+                self._eval_in_window = 0.0
+                _sync(pl_module.device)
+                self._t0 = self.clock()
+                return
+        if not self.count_calls:
+            return
+        if window == self.pairs:  # the counted pair: the plain loop's window, then the fit's
+            counter = CallCounter()
+            counter.on()
+            self.plain.run(self.window)
+            counter.off()
+            self.plain_calls = counter.calls / self.window
+            self._counter = CallCounter()
+            self._counter.on()
+        elif window == self.pairs + 1 and self._counter is not None:
+            self._counter.off()
+            self.fit_calls = self._counter.calls / self.window
+            self._counter = None
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if self._counter is not None:
+            self._counter.off()
         _sync(pl_module.device)
-        if trainer.global_step == self.start:
-            self.t0 = time.perf_counter()
-        else:
-            self.seconds = time.perf_counter() - self.t0
+        self._eval_t0 = self.clock()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        _sync(pl_module.device)
+        seconds = self.clock() - self._eval_t0
+        self.eval_seconds += seconds
+        if self._t0 is not None:
+            self._eval_in_window += seconds
+        if self._counter is not None:
+            self._counter.on()
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._counter is not None:  # a fit that ended inside the counted window (an error)
+            self._counter.off()
+            self._counter = None
 
 
 @contextlib.contextmanager
@@ -153,7 +245,8 @@ def extra_callbacks(callbacks: list):
 
 def package_config(model_name: str, batch: int, total_steps: int, variant: str, wandb_mode: str,
                    threads: int | None = None, data: list[str] = ()):
-    """The CLI's config (paper profile) for a run of `total_steps` iterations at `batch`."""
+    """The CLI's config (paper profile) for a run of `total_steps` iterations at `batch`; `data`:
+    overrides of where the images come from (default: synthetic) and any others."""
     precision, compiled, train_step = VARIANTS[variant]
     overrides = [f"models=[{model_name}]", f"data.batch_size={batch}", f"schedule.ref_batch={batch}",
                  f"schedule.max_steps={total_steps}", "schedule.milestones=[]", f"trainer.precision={precision}",
@@ -163,10 +256,11 @@ def package_config(model_name: str, batch: int, total_steps: int, variant: str, 
     return compose("resnet", "paper", overrides)
 
 
-def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
-    """Wall seconds of one `run_one` call (the whole call: setup, fit, final evaluation, W&B)."""
+def run_package(cfg, run_dir: Path, callbacks: list = ()) -> float:
+    """Wall seconds of one `run_one` call (the whole call: setup, fit, final evaluation, W&B), with
+    `callbacks` beside its own."""
     t0 = time.perf_counter()
-    with extra_callbacks([timer] if timer else []):
+    with extra_callbacks(list(callbacks)):
         status = run_one(cfg, run_dir, group="bench", name=run_dir.name)
     seconds = time.perf_counter() - t0
     if status["status"] != "done":
@@ -174,50 +268,114 @@ def run_package(cfg, run_dir: Path, timer: WindowTimer | None = None) -> float:
     return seconds
 
 
-def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
-                  repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
-    """Plain and package, `repeats` interleaved pairs; images/s of each and their ratio per pair."""
+# --------------------------------------------------------------------------------------------
+# Lightning's own floor: its loop around the plain loop's step, nothing of the package
+
+
+class BareModule(pl.LightningModule):
+    """The plain loop's step (index, normalise, crop/flip, forward) as the least LightningModule:
+    automatic optimization, no metrics, no callbacks, no loggers, no DataModule. What it costs over
+    the plain loop is Lightning's loop itself, which no package built on it can go under."""
+
+    def __init__(self, model_name: str, x: torch.Tensor, mean: torch.Tensor):
+        super().__init__()
+        self.model = build(model_name).to(memory_format=torch.channels_last)
+        self.x, self.mean = x, mean
+
+    def training_step(self, batch, batch_idx):
+        idx, y = batch
+        xb = random_crop_flip(self.x[idx].float().div_(255).sub_(self.mean), step_generator(0, batch_idx, self.device))
+        return F.cross_entropy(self.model(xb.contiguous(memory_format=torch.channels_last)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+class IndexBatches:
+    """The plain loop's batches (indices of one permutation, and their labels) for a Trainer."""
+
+    def __init__(self, y: torch.Tensor, batch: int, steps: int):
+        self.y, self.batch, self.steps = y, batch, steps
+        self.perm = torch.randperm(len(y))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for i in range(self.steps):
+            start = (i * self.batch) % (len(self.y) - self.batch + 1)
+            idx = self.perm[start:start + self.batch]
+            yield idx, self.y[idx]
+
+
+def fit_bare(model_name: str, arrays, batch: int, device: torch.device, timer: Interleaved) -> None:
+    x, y = arrays[0].to(device), arrays[1].to(device)
+    mean = (x.double().mean(0).float() / 255).to(device)
+    trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=timer.last_step, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[timer])
+    trainer.fit(BareModule(model_name, x, mean), train_dataloaders=IndexBatches(y, batch, timer.last_step))
+
+
+# --------------------------------------------------------------------------------------------
+# the measurements
+
+
+def interleaved(path: str, model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int,
+                window: int, pairs: int, device: torch.device, wandb_mode: str, run_dir: Path,
+                threads: int | None = None, count_calls: bool = False) -> Interleaved:
+    """`pairs` windows of `window` steps of the plain loop and of `path` ("package": run_one;
+    "lightning": the bare module), interleaved in one fit after `warmup` steps of each."""
     precision, compiled, train_step = VARIANTS[variant]
-    plain = PlainLoop(model_name, arrays, batch, device, precision,
-                      compile_mode_for("auto", device.type) if compiled else None, graphed=train_step == "cuda-graph")
-    plain.run(warmup)
-    plain_rates, package_rates = [], []
-    for r in range(repeats):
-        plain_rates.append(batch * steps / plain.run(steps))
-        cfg = package_config(model_name, batch, warmup + steps + 1, variant, wandb_mode, data=data)
-        timer = WindowTimer(warmup, warmup + steps)
-        run_package(cfg, tmp / f"{model_name}-{variant}-{r}", timer)
-        package_rates.append(batch * steps / timer.seconds)
-    ratios = [p / q for p, q in zip(package_rates, plain_rates)]
-    return {"plain": summary(plain_rates), "package": summary(package_rates), "ratio": summary(ratios)}
-
-
-def bench_overhead(lengths: tuple[int, int], repeats: int, device: torch.device, wandb_mode: str, tmp: Path,
-                   model_name: str = "resnet8", batch: int = 2, threads: int = 1, variant: str = "fp32") -> dict:
-    """Per-step host overhead (ms) of `variant`: marginal time per iteration of run_one minus the
-    plain loop's (the plain loop of the same kind: eager, or graphed for a graph variant)."""
-    precision, _, train_step = VARIANTS[variant]
-    short, long_ = lengths
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    seconds = {"plain": {str(short): [], str(long_): []}, "package": {str(short): [], str(long_): []}}
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        for r in range(repeats):
-            for n in (short, long_):
-                cfg = package_config(model_name, batch, n, variant, wandb_mode, threads=threads)
-                t0 = time.perf_counter()
-                PlainLoop(model_name, load_arrays(cfg.data), batch, device, precision, None,
-                          graphed=train_step == "cuda-graph").run(n)
-                seconds["plain"][str(n)].append(time.perf_counter() - t0)
-                seconds["package"][str(n)].append(run_package(cfg, tmp / f"overhead-{variant}-{n}-{r}"))
+        plain = PlainLoop(model_name, arrays, batch, device, precision,
+                          compile_mode_for("auto", device.type) if compiled else None,
+                          graphed=train_step == "cuda-graph")
+        plain.run(warmup)
+        timer = Interleaved(plain, warmup, window, pairs, count_calls=count_calls)
+        if path == "package":
+            cfg = package_config(model_name, batch, timer.last_step, variant, wandb_mode, threads, data)
+            run_package(cfg, run_dir, [timer])
+        else:
+            fit_bare(model_name, arrays, batch, device, timer)
     finally:
         torch.set_num_threads(before)
-    out = {"model": model_name, "batch": batch, "threads": threads, "lengths": [short, long_], "seconds": seconds}
-    for path in ("plain", "package"):
-        s = seconds[path]
-        out[f"{path}_ms_per_step"] = [1000 * (b - a) / (long_ - short) for a, b in zip(s[str(short)], s[str(long_)])]
-    out["overhead_ms"] = summary([p - q for p, q in zip(out["package_ms_per_step"], out["plain_ms_per_step"])])
-    return out
+    return timer
+
+
+def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
+                  repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
+    """Images/s of the plain loop and of run_one over `repeats` interleaved pairs of `steps`-step
+    windows, and their ratio per pair."""
+    t = interleaved("package", model_name, variant, arrays, data, batch, warmup, steps, repeats, device, wandb_mode,
+                    tmp / f"{model_name}-{variant}")
+    plain = [batch * steps / s for s in t.plain_seconds]
+    package = [batch * steps / s for s in t.fit_seconds]
+    return {"plain": summary(plain), "package": summary(package),
+            "ratio": summary([p / q for p, q in zip(package, plain)]), "eval_s_excluded": t.eval_seconds}
+
+
+def bench_overhead(window: int, pairs: int, device: torch.device, wandb_mode: str, tmp: Path,
+                   variant: str = "fp32", path: str = "package") -> dict:
+    """Per-step host overhead (ms) on a model small enough that the host work shows (OVERHEAD_MODEL):
+    ms per step of `path` minus the plain loop's, per interleaved pair of `window`-step windows, and
+    the function calls per step of each (one more pair, counted: `CallCounter`). `path` "package" is
+    run_one in `variant` (its plain loop of the same kind: eager, or graphed for a graph variant);
+    "lightning" is BareModule, Lightning's own floor (fp32, eager)."""
+    model_name, batch, threads = OVERHEAD_MODEL
+    arrays = load_arrays(package_config(model_name, batch, 1, "fp32", "disabled").data)
+    t = interleaved(path, model_name, variant, arrays, [], batch, max(10, window // 2), window, pairs, device,
+                    wandb_mode, tmp / f"overhead-{path}-{variant}", threads, count_calls=True)
+    plain = [1000 * s / window for s in t.plain_seconds]
+    fit = [1000 * s / window for s in t.fit_seconds]
+    return {"model": model_name, "batch": batch, "threads": threads, "window": window, "pairs": pairs,
+            "plain_ms_per_step": plain, f"{path}_ms_per_step": fit,
+            "overhead_ms": summary([p - q for p, q in zip(fit, plain)]),
+            "plain_calls_per_step": t.plain_calls, f"{path}_calls_per_step": t.fit_calls,
+            "extra_calls_per_step": t.fit_calls - t.plain_calls}
 
 
 def bench_pipeline(arrays, batch: int, steps: int, device: torch.device) -> float:
@@ -240,28 +398,35 @@ def _write(report: dict, path: str | None) -> None:
         tmp.replace(path)
 
 
+def _fmt(s: dict, digits: int) -> str:
+    return f"{s['median']:.{digits}f} ({s['q1']:.{digits}f}-{s['q3']:.{digits}f})"
+
+
 def _print_table(report: dict) -> None:
     print(f"device: {report['device']}, batch {report['batch']}, torch {report['torch']}, W&B {report['wandb_mode']}; "
-          f"images/s, median (min-max) of {report['repeats']} interleaved repeats x {report['steps']} steps "
+          f"images/s, median (quartiles) of {report['repeats']} interleaved pairs of {report['steps']}-step windows "
           f"after {report['warmup']} warm-up steps")
-    print(f"{'model':10} {'variant':14} {'plain loop':>22} {'package (run_one)':>22} {'package/plain':>22}")
+    print(f"{'model':10} {'variant':14} {'plain loop':>18} {'package (run_one)':>18} {'package/plain':>22}")
     for name, variants in report["models"].items():
         for variant, e in variants.items():
             if "error" in e:
                 print(f"{name:10} {variant:14} failed: {e['error']}")
                 continue
-            cells = [f"{e[k]['median']:.0f} ({e[k]['min']:.0f}-{e[k]['max']:.0f})" for k in ("plain", "package")]
-            ratio = f"{e['ratio']['median']:.3f} ({e['ratio']['min']:.3f}-{e['ratio']['max']:.3f})"
-            print(f"{name:10} {variant:14} {cells[0]:>22} {cells[1]:>22} {ratio:>22}")
-    for variant, o in report.get("overhead", {}).items():
+            print(f"{name:10} {variant:14} {_fmt(e['plain'], 0):>18} {_fmt(e['package'], 0):>18} "
+                  f"{_fmt(e['ratio'], 3):>22}")
+    overhead = report.get("overhead", {})
+    if overhead:
+        model, batch, threads = OVERHEAD_MODEL
+        print(f"per-step host overhead over the plain loop: ms, median (quartiles) of interleaved pairs; calls counted "
+              f"({model}, batch {batch}, {threads} thread):")
+    for key, o in overhead.items():
+        label = "Lightning's own floor (BareModule)" if key == LIGHTNING_FLOOR else f"package, {key}"
         if "error" in o:
-            print(f"per-step host overhead, {variant}: failed: {o['error']}")
+            print(f"  {label}: failed: {o['error']}")
             continue
-        p, q = statistics.median(o["plain_ms_per_step"]), statistics.median(o["package_ms_per_step"])
-        h = o["overhead_ms"]
-        print(f"per-step host overhead, {variant} ({o['model']}, batch {o['batch']}, {o['threads']} thread, marginal "
-              f"time per iteration between {o['lengths'][0]} and {o['lengths'][1]} iterations): plain {p:.2f} ms, "
-              f"package {q:.2f} ms, overhead {h['median']:.2f} ms (min {h['min']:.2f}, max {h['max']:.2f})")
+        print(f"  {label}: {_fmt(o['overhead_ms'], 2)} ms, {o['extra_calls_per_step']:+.0f} function calls per step "
+              f"(plain loop {statistics.median(o['plain_ms_per_step']):.2f} ms and {o['plain_calls_per_step']:.0f} "
+              f"calls per step; {o['pairs']} pairs of {o['window']} steps)")
     if "pipeline" in report:
         pl_ = report["pipeline"]
         print(f"data pipeline alone: {pl_['images_per_s']:.0f} images/s = {pl_['x_model_rate']:.1f}x the fastest "
@@ -273,18 +438,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m reproduce bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
-                   help="default: fp32 fp32-graph bf16-graph bf16-compiled on a GPU, fp32 on a CPU (add fp32-compiled "
-                        "with --compile)")
+                   help="default: fp32 fp32-graph bf16-graph bf16-compiled on a GPU, fp32-manual (the step "
+                        "trainer.train_step=auto picks there) on a CPU (add fp32-compiled with --compile)")
     p.add_argument("--compile", action="store_true", help="on a CPU, also time fp32-compiled")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CPU, 30 on GPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 20 on CPU, 300 on GPU)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--overhead-steps", type=int, nargs=2, default=[200, 2200], metavar=("L1", "L2"),
-                   help="the two run lengths of the per-step overhead measurement")
-    p.add_argument("--overhead-repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="steps per timed window (default 3 on CPU, 100 on GPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved pairs of windows, plain and package (default 15 on CPU, 10 on GPU)")
+    p.add_argument("--overhead-steps", type=int, default=None,
+                   help="steps per window of the per-step overhead measurement (default 100 on CPU, 200 on GPU)")
+    p.add_argument("--overhead-repeats", type=int, default=None, help="its pairs of windows (default 20 on CPU, 10 on GPU)")
     p.add_argument("--overhead-variants", nargs="+", choices=sorted(VARIANTS), default=None,
-                   help="default: fp32 and fp32-graph on a GPU, fp32 and fp32-manual on a CPU")
+                   help="default: fp32 and fp32-graph on a GPU, fp32 and fp32-manual on a CPU; Lightning's own floor "
+                        "(BareModule) is measured beside them")
     p.add_argument("--no-overhead", action="store_true")
     p.add_argument("--data-root", default=None, help="time on CIFAR-10 from this data.root (default: synthetic)")
     p.add_argument("--wandb", choices=("offline", "disabled"), default=None,
@@ -293,20 +460,19 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", default=None, help="also write the JSON here, after every measurement")
     p.add_argument("--device", default="cuda" if on_gpu_default else "cpu")
     args = p.parse_args(argv)
-    for key in ("batch", "warmup", "steps", "repeats", "overhead_repeats"):
+    for key in ("batch", "warmup", "steps", "repeats", "overhead_steps", "overhead_repeats"):
         value = getattr(args, key)
         if value is not None and value <= 0:
             p.error(f"--{key.replace('_', '-')} must be positive, got {value}")
-    if not 0 < args.overhead_steps[0] < args.overhead_steps[1]:
-        p.error(f"--overhead-steps needs 0 < L1 < L2, got {args.overhead_steps}")
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     variants = args.variants or (["fp32", "fp32-graph", "bf16-graph", "bf16-compiled"] if on_gpu else
-                                 ["fp32", "fp32-compiled"] if args.compile else ["fp32"])
+                                 ["fp32-manual", "fp32-compiled"] if args.compile else ["fp32-manual"])
     warmup = args.warmup or (30 if on_gpu else 3)
-    steps = args.steps or (300 if on_gpu else 20)
+    steps = args.steps or (100 if on_gpu else 3)
+    repeats = args.repeats or (10 if on_gpu else 15)
     wandb_mode = args.wandb or ("offline" if wandb_installed() else "disabled")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -317,15 +483,19 @@ def main(argv=None) -> int:
     arrays = load_arrays(package_config(args.models[0], args.batch, 1, "fp32", "disabled", data=data).data)
     report = {"device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
               "torch": torch.__version__, "lightning": pl.__version__, "batch": args.batch, "warmup": warmup,
-              "steps": steps, "repeats": args.repeats, "wandb_mode": wandb_mode,
+              "steps": steps, "repeats": repeats, "wandb_mode": wandb_mode,
               "data": args.data_root or "synthetic", "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_overhead:  # first: a time limit that cuts the slow compiled variants keeps it
             report["overhead"] = {}
-            for variant in args.overhead_variants or (["fp32", "fp32-graph"] if on_gpu else ["fp32", "fp32-manual"]):
+            window = args.overhead_steps or (200 if on_gpu else 100)
+            pairs = args.overhead_repeats or (10 if on_gpu else 20)
+            for variant in [*(args.overhead_variants or (["fp32", "fp32-graph"] if on_gpu else ["fp32", "fp32-manual"])),
+                            LIGHTNING_FLOOR]:
                 try:
-                    report["overhead"][variant] = bench_overhead(tuple(args.overhead_steps), args.overhead_repeats,
-                                                                 device, wandb_mode, Path(tmp), variant=variant)
+                    report["overhead"][variant] = bench_overhead(
+                        window, pairs, device, wandb_mode, Path(tmp), *(("fp32", "lightning") if variant == LIGHTNING_FLOOR
+                                                                        else (variant, "package")))
                 except Exception as e:  # reported like a failed variant below; the rest go on
                     report["overhead"][variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 _write(report, args.json_out)
@@ -333,7 +503,7 @@ def main(argv=None) -> int:
             report["models"][name] = {}
             for variant in variants:
                 try:
-                    entry = bench_variant(name, variant, arrays, data, args.batch, warmup, steps, args.repeats,
+                    entry = bench_variant(name, variant, arrays, data, args.batch, warmup, steps, repeats,
                                           device, wandb_mode, Path(tmp))
                 except Exception as e:  # a variant that fails (compile on an odd machine) is reported, the rest go on
                     entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}

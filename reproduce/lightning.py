@@ -2,7 +2,8 @@
 
 Checked against pytorch-lightning 2.5.0 and 2.6.6 (setup.cfg: >=2.5.0,<2.7): the private names
 used here are `fit_loop.epoch_loop._should_accumulate()`, `fit_loop.epoch_loop.batch_idx`,
-`LightningModule._trainer` and the layout of the checkpoint's step counters (`carry_step_count`).
+`LightningModule._trainer`, the layout of the checkpoint's step counters (`carry_step_count`) and
+the rule that a callback hook which is not callable is skipped (`Callback`).
 If a Lightning release renames them, this module is the one to change, and the resume tests
 (tests/test_resume.py) are the ones that notice.
 
@@ -23,6 +24,29 @@ import pytorch_lightning as pl
 # resume mid-epoch is exact without a resumable loader (TrainBatches starts at the restored step).
 IGNORED_WARNINGS = (r".*(does not have many workers|TensorBoard|LeafSpec|litlogger|Encountered `nan`|anonymous setting"
                     r"|dataloader is not resumable).*")
+
+
+# Lightning calls these hooks of every callback at every step (with gradient accumulation, at every
+# micro-batch) through `trainer/call.py:_call_callback_hooks`, which enters a profiler context and
+# formats the callback's name per call: ~2 us each, even for a hook the callback leaves empty
+PER_STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                  "on_before_zero_grad", "on_train_batch_end")
+
+
+class Callback(pl.Callback):
+    """A Lightning callback that costs nothing on the per-step hooks it does not define.
+
+    `_call_callback_hooks` runs a hook only if `callable(getattr(callback, hook))`: each per-step
+    hook a subclass leaves as pl.Callback's empty method is set to None on the subclass, so
+    Lightning skips it instead of dispatching an empty call. The package's five callbacks define
+    6 of their 30 per-step hooks (measured: 13.8 us to dispatch one hook over five callbacks, 4.0 us
+    over none; `python -m reproduce bench` times the whole step)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook in PER_STEP_HOOKS:
+            if getattr(cls, hook) is getattr(pl.Callback, hook):
+                setattr(cls, hook, None)
 
 
 def ignore_known_warnings() -> None:

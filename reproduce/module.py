@@ -1,8 +1,10 @@
 """ClassifierModule: cross-entropy, SGD, and the paper's error metrics.
 
-Training metrics accumulate on the device every step as four running sums (in-place adds: a
-torchmetrics MeanMetric update cost ~50 us of Python per step, more than the rest of the step's
-bookkeeping) and are read (one host sync) only every `trainer.log_every` iterations. They go to
+Training metrics accumulate every step as running sums, the loss and the wrong predictions on the
+device (two in-place adds: a torchmetrics MeanMetric update cost ~50 us of Python per step, and
+four adds into one tensor ~56 us) and the micro-batch and example counts on the host, where they
+are known without asking the device; they are read (one host sync) only every `trainer.log_every`
+iterations. They go to
 the loggers at once (`log_now`), so everything of iteration k is on disk before its checkpoint is
 written. The sums travel in the checkpoint (`on_save_checkpoint`), so the first `train/err` after
 a resume averages the same iterations as in an uninterrupted run. Under DDP they are summed over
@@ -41,10 +43,11 @@ class ClassifierModule(pl.LightningModule):
         self.graphs: dict[tuple, GraphedStep] = {}  # batch shape -> its captured step (cuda-graph)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
-        # since the last log step: sum of micro-batch losses, micro-batches, wrong predictions,
-        # examples. No NaN check per step (it would sync the host): a non-finite loss is caught at
-        # the next log step instead (NonFiniteLoss)
-        self.train_sums = torch.zeros(4)
+        # since the last log step: the sum of micro-batch losses and of wrong predictions (device),
+        # micro-batches and examples (host). No NaN check per step (it would sync the host): a
+        # non-finite loss is caught at the next log step instead (NonFiniteLoss)
+        self.loss_sum, self.wrong_sum = torch.zeros(()), torch.zeros(())
+        self.counts = [0, 0]  # a list, not two attributes: nn.Module's __setattr__ costs per step
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
@@ -55,20 +58,34 @@ class ClassifierModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    @property
+    def train_sums(self) -> torch.Tensor:
+        """[loss sum, micro-batches, wrong predictions, examples]: the form a checkpoint holds and
+        DDP reduces (built on demand, at log steps and checkpoints)."""
+        micro_batches, examples = self.counts
+        return torch.stack([self.loss_sum, self.loss_sum.new_tensor(float(micro_batches)), self.wrong_sum,
+                            self.loss_sum.new_tensor(float(examples))])
+
+    @train_sums.setter
+    def train_sums(self, sums: torch.Tensor) -> None:
+        self.loss_sum, self.wrong_sum = sums[0].clone(), sums[2].clone()
+        self.counts = [int(sums[1]), int(sums[3])]
+
     def loss_and_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of a batch; adds its loss and errors to the running sums (no host sync)."""
+        """The training loss of a batch; adds its loss and wrong predictions to the device's sums
+        (no host sync; a CUDA graph captures this)."""
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        sums = self.train_sums
-        sums[0] += loss.detach()
-        sums[1] += 1
-        sums[2] += (logits.detach().argmax(1) != y).sum()
-        sums[3] += len(y)
+        self.loss_sum.add_(loss.detach())
+        self.wrong_sum.add_(logits.detach().argmax(1).ne(y).sum())
         return loss
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         step = iteration_in_progress(self.trainer)  # before a manual opt.step() advances global_step
+        counts = self.counts
+        counts[0] += 1
+        counts[1] += len(y)
         if self.automatic_optimization:
             loss = self.loss_and_sums(x, y)  # Lightning runs backward and the optimizer step
             if not completes_step(self.trainer):
@@ -78,9 +95,11 @@ class ClassifierModule(pl.LightningModule):
         if step % self.log_every == 0 or step == self.trainer.max_steps:
             sums = self.train_sums
             if self.trainer.world_size > 1:
-                sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             loss_value, err = sums[0] / sums[1], sums[2] / sums[3] * 100
-            self.train_sums.zero_()
+            self.loss_sum.zero_()
+            self.wrong_sum.zero_()
+            self.counts = [0, 0]
             if not math.isfinite(float(loss_value)):
                 raise NonFiniteLoss(f"the training loss became {float(loss_value)} by iteration {step}")
             self.last_train_err = float(err)
@@ -103,7 +122,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_start(self):
         # moved once, before any capture: a CUDA graph keeps the address of these sums
-        self.train_sums = self.train_sums.to(self.device)
+        self.loss_sum, self.wrong_sum = self.loss_sum.to(self.device), self.wrong_sum.to(self.device)
 
     def on_train_end(self):
         # each captured graph holds a private memory pool with its own gradients: free them
@@ -116,7 +135,7 @@ class ClassifierModule(pl.LightningModule):
         if trainer is not None and trainer.world_size > 1:
             # only rank 0's checkpoint is written, so it carries every rank's sums (every rank
             # saves at the same step boundary, so this collective is matched)
-            sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
         checkpoint[TRAIN_SUMS] = sums.cpu().clone()
 
     def on_load_checkpoint(self, checkpoint):

@@ -12,51 +12,100 @@ from .conftest import ROOT
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run([sys.executable, "scripts/bench.py", "--models", "resnet8", "--variants", "fp32", "bf16",
-                           "--warmup", "1", "--steps", "2", "--repeats", "2", "--batch", "32", "--overhead-steps", "3", "7",
+                           "--warmup", "1", "--steps", "2", "--repeats", "3", "--batch", "32", "--overhead-steps", "4",
                            "--overhead-repeats", "2", "--json", "--json-out", str(out)], cwd=ROOT, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), json.loads(out.read_text())
 
 
+def check_summary(s: dict, n: int) -> None:
+    values = s["values"]
+    assert len(values) == n and s["median"] == pytest.approx(statistics.median(values))
+    assert s["min"] == min(values) and s["max"] == max(values)
+    assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
+    assert s["spread_pct"] == pytest.approx(100 * (s["max"] - s["min"]) / (2 * s["median"]))
+
+
 def test_bench_json_structure_and_paired_ratios(bench):
     report, written = bench
     assert report == written  # --json-out holds the same report
-    assert report["batch"] == 32 and report["steps"] == 2 and report["repeats"] == 2
+    assert report["batch"] == 32 and report["steps"] == 2 and report["repeats"] == 3
     assert report["wandb_mode"] == "offline"  # run_one exactly as the CLI runs it without a login
     for variant in ("fp32", "bf16"):
         e = report["models"]["resnet8"][variant]
         for key in ("plain", "package", "ratio"):
-            s = e[key]
-            assert len(s["values"]) == 2 and s["median"] == pytest.approx(statistics.median(s["values"]))
-            assert s["min"] == min(s["values"]) and s["max"] == max(s["values"])
-            assert s["spread_pct"] == pytest.approx(100 * (s["max"] - s["min"]) / (2 * s["median"]))
-        # the ratio is taken per interleaved pair of repeats
+            check_summary(e[key], 3)
+        # the ratio is taken per interleaved pair of windows
         assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["package"]["values"], e["plain"]["values"])])
     assert report["pipeline"]["images_per_s"] > 0
 
 
-def test_overhead_is_the_marginal_time_between_two_run_lengths(bench):
-    assert set(bench[0]["overhead"]) == {"fp32", "fp32-manual"}  # the CPU default: Lightning's step and the manual one
-    o = bench[0]["overhead"]["fp32-manual"]
-    assert (o["model"], o["batch"], o["threads"], o["lengths"]) == ("resnet8", 2, 1, [3, 7])
-    for path in ("plain", "package"):
-        s = o["seconds"][path]
-        assert len(s["3"]) == len(s["7"]) == 2
-        assert o[f"{path}_ms_per_step"] == pytest.approx([1000 * (b - a) / 4 for a, b in zip(s["3"], s["7"])])
-    diffs = [p - q for p, q in zip(o["package_ms_per_step"], o["plain_ms_per_step"])]
-    assert o["overhead_ms"]["values"] == pytest.approx(diffs)
-    assert o["overhead_ms"]["median"] == pytest.approx(statistics.median(diffs))
+def test_overhead_per_pair_for_run_one_and_lightnings_floor(bench):
+    overhead = bench[0]["overhead"]
+    # the CPU default: Lightning's step, the manual one, and BareModule (Lightning's own floor)
+    assert set(overhead) == {"fp32", "fp32-manual", "lightning-floor"}
+    calls = {key: o["extra_calls_per_step"] for key, o in overhead.items()}
+    # counted, not timed: the package's work per step is more than Lightning's own loop, whose is more than none
+    assert 0 < calls["lightning-floor"] < calls["fp32"], calls
+    for key, path in (("fp32", "package"), ("fp32-manual", "package"), ("lightning-floor", "lightning")):
+        o = overhead[key]
+        assert (o["model"], o["batch"], o["threads"], o["window"], o["pairs"]) == ("resnet8", 2, 1, 4, 2)
+        assert len(o["plain_ms_per_step"]) == len(o[f"{path}_ms_per_step"]) == 2
+        check_summary(o["overhead_ms"], 2)
+        assert o["extra_calls_per_step"] == o[f"{path}_calls_per_step"] - o["plain_calls_per_step"]
+        diffs = [p - q for p, q in zip(o[f"{path}_ms_per_step"], o["plain_ms_per_step"])]
+        assert o["overhead_ms"]["values"] == pytest.approx(diffs)
 
 
-def test_bench_times_run_one_with_the_clis_callbacks(tmp_path):
-    """The package path is run_one itself: the timer rides beside run_one's own callbacks, the run
-    writes the CLI's files, and the hook is gone afterwards."""
-    from reproduce.bench import WindowTimer, package_config, run_package
+class FakeClock:
+    """Seconds that pass only when a test says so: the bookkeeping is checked without timing anything."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_interleaving_alternates_windows_and_takes_evaluation_out(tmp_path):
+    """Inside one run_one: the plain loop runs at the start of each window, the fit's windows are
+    `window` steps of its own time, and evaluation inside a window is timed apart, not counted."""
+    import pytorch_lightning as pl
+    from reproduce.bench import Interleaved, package_config, run_package
     from reproduce.module import ClassifierModule
-    cfg = package_config("resnet8", 8, 5, "fp32", "disabled", data=["data.dataset=synthetic", "data.synthetic_train=320"])
-    timer = WindowTimer(1, 4)
-    run_package(cfg, tmp_path / "run", timer)
-    assert timer.seconds is not None and timer.seconds > 0
-    assert {"metrics.csv", "status.json", "config.yaml", "checkpoints"} <= {p.name for p in (tmp_path / "run").iterdir()}
-    assert "configure_callbacks" not in ClassifierModule.__dict__
+
+    clock = FakeClock()
+
+    class Plain:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, steps):
+            self.calls.append(steps)
+            clock.now += 1.0 * steps  # the plain loop: 1 s per step
+            return 1.0 * steps
+
+    class Ticks(pl.Callback):  # the fit: 10 s per training step, 100 s per evaluation batch
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.now += 10.0
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            clock.now += 100.0
+
+    plain = Plain()
+    timer = Interleaved(plain, start=2, window=3, pairs=4, clock=clock, count_calls=True)
+    assert timer.last_step == 2 + 3 * 5 + 1  # and one counted pair after the timed ones
+    # evaluations at 5 and 10 fall inside windows 1 and 2
+    cfg = package_config("resnet8", 8, timer.last_step, "fp32", "disabled",
+                         data=["data.dataset=synthetic", "data.synthetic_train=320", "data.synthetic_test=16",
+                               "data.val_size=16", "trainer.eval_every=5"])
+    run_package(cfg, tmp_path / "run", [timer, Ticks()])
+    assert plain.calls == [3, 3, 3, 3, 3]
+    assert timer.plain_seconds == [3.0] * 4  # the counted pair is not timed
+    assert timer.fit_seconds == [30.0] * 4  # the evaluations' 100 s each are not in the windows
+    assert timer.eval_seconds > 0 and timer.eval_seconds % 100 == 0
+    # the fake plain step is two Python calls; a Lightning step is thousands
+    assert 0 < timer.plain_calls < 10 and timer.fit_calls > 1000
+    assert sys.getprofile() is None
+    assert (tmp_path / "run" / "metrics.csv").exists() and "configure_callbacks" not in ClassifierModule.__dict__

@@ -18,13 +18,14 @@ def cfg(*overrides):
 
 @pytest.mark.parametrize("overrides,cuda,expected", [
     ((), True, "cuda-graph"),                                # one CUDA device: the graph
-    ((), False, "lightning"),                                # CPU
-    (("trainer.accelerator=cpu",), True, "lightning"),       # CPU asked for on a GPU machine
-    (("trainer.devices=2",), True, "lightning"),             # DDP
+    ((), False, "manual"),                                   # CPU: the same step, uncaptured
+    (("trainer.accelerator=cpu",), True, "manual"),          # CPU asked for on a GPU machine
+    (("trainer.devices=2",), True, "manual"),                # DDP: the all-reduce is not captured
+    (("trainer.strategy=ddp",), True, "manual"),             # DDP's hooks, even on one device
     (("trainer.accumulate=2",), True, "lightning"),          # accumulation needs Lightning's loop
+    (("trainer.accumulate=2",), False, "lightning"),
     (("trainer.compile=true",), True, "lightning"),          # compile captures its own graphs
-    (("trainer.noise_scale=true",), True, "lightning"),      # the noise estimate hooks into backward
-    (("trainer.strategy=ddp",), True, "lightning"),          # DDP's hooks, even on one device
+    (("trainer.noise_scale=true",), False, "lightning"),     # the noise estimate hooks into backward
     (("trainer.precision=16-mixed",), True, "lightning"),    # fp16's GradScaler works outside the graph
     (("trainer.train_step=manual",), False, "manual"),
     (("trainer.train_step=lightning",), True, "lightning"),

@@ -112,3 +112,51 @@ def test_training_metric_sums_travel_in_the_checkpoint_and_old_checkpoints_still
     fresh.on_load_checkpoint(old)
     assert torch.equal(fresh.train_sums, torch.tensor([4.6, 2.0, 100.0, 256.0]))
     assert old["state_dict"].keys() == module.state_dict().keys()  # what load_state_dict(strict=True) then sees
+
+
+def test_lightning_skips_the_per_step_hooks_a_callback_leaves_empty():
+    """Lightning dispatches a callback's hook (a profiler context and the callback's name formatted
+    per call) only if it is callable: a `reproduce.lightning.Callback` costs nothing on the per-step
+    hooks it does not define, and the ones it defines still run."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.demos.boring_classes import BoringModel
+    from pytorch_lightning.profilers import Profiler
+
+    from reproduce.callbacks import AtomicCheckpoint, BatchScaling, EvalLines, LRSchedule, StopAtLastStep
+    from reproduce.lightning import PER_STEP_HOOKS, Callback
+
+    class Recorder(Profiler):
+        def __init__(self):
+            super().__init__()
+            self.actions = []
+
+        def start(self, action_name):
+            self.actions.append(action_name)
+
+        def stop(self, action_name):
+            pass
+
+    class Lean(Callback):
+        ends = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            type(self).ends += 1
+
+    class Plain(pl.Callback):
+        pass
+
+    recorder = Recorder()
+    trainer = pl.Trainer(max_steps=3, profiler=recorder, callbacks=[Lean(), Plain()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel())
+
+    def dispatched(name):
+        return {a.rsplit(".", 1)[-1] for a in recorder.actions if a.startswith(f"[Callback]{name}.")} & set(PER_STEP_HOOKS)
+
+    assert Lean.ends == 3
+    assert dispatched(Lean.__qualname__) == {"on_train_batch_end"}
+    assert dispatched(Plain.__qualname__) == set(PER_STEP_HOOKS)  # the recorder sees every dispatch of a pl.Callback
+    for cls in (AtomicCheckpoint, BatchScaling, EvalLines, LRSchedule, StopAtLastStep):
+        assert issubclass(cls, Callback)
+        for hook in PER_STEP_HOOKS:  # each is the callback's own method, or skipped
+            assert getattr(cls, hook) is None or hook in vars(cls) or hook in vars(cls.__mro__[1]), (cls, hook)

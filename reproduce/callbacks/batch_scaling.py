@@ -9,9 +9,7 @@ and `epoch`.
 """
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
-from ..lightning import completes_step, log_now
+from ..lightning import Callback, completes_step, log_now
 from ..schedules import Schedule
 
 
@@ -19,7 +17,7 @@ def effective_batch(per_device: int, devices: int, accumulate: int) -> int:
     return per_device * devices * accumulate
 
 
-class BatchScaling(pl.Callback):
+class BatchScaling(Callback):
     def __init__(self, schedule: Schedule, datamodule, log_every: int):
         self.schedule = schedule
         self.datamodule, self.log_every = datamodule, log_every

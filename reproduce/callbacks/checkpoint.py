@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ..config import ConfigError
-from ..lightning import completes_step
+from ..lightning import Callback, completes_step
 
 LAST = "last.ckpt"
 FAULT_ENV = "REPRODUCE_FAULT"
@@ -109,7 +109,7 @@ def _descendants(pid: int) -> list:
     return found
 
 
-class AtomicCheckpoint(pl.Callback):
+class AtomicCheckpoint(Callback):
     def __init__(self, dirpath: str | Path, every_n_steps: int, eval_every: int, fault: Optional[Fault] = None,
                  stop_check_every: int = 1):
         self.dirpath, self.every_n_steps, self.eval_every = Path(dirpath), every_n_steps, eval_every

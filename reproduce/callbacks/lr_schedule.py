@@ -1,12 +1,11 @@
 """Sets the optimizer's lr to `Schedule.lr(step)` before every step; nothing else."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
+from ..lightning import Callback
 from ..schedules import Schedule
 
 
-class LRSchedule(pl.Callback):
+class LRSchedule(Callback):
     """Applies the pure schedule; remembers only when a train-error warmup ended (Section 4.2:
     ResNet-110 trains at 0.01 "until the training error is below 80%", then goes back to 0.1)."""
 
@@ -19,6 +18,8 @@ class LRSchedule(pl.Callback):
         self.on_plateau, self.patience, self.threshold, self.max_drops = on_plateau, patience, threshold, max_drops
         self.drops: list[int] = []
         self.best, self.bad_evals = float("inf"), 0
+        if schedule.warmup_until_err is None:
+            self.on_train_batch_end = None  # nothing to watch: Lightning skips the hook (lightning.Callback)
 
     def lr(self, step: int) -> float:
         return self.schedule.lr(step, self.warmup_ended_at, self.drops if self.on_plateau else None)

@@ -18,10 +18,9 @@ The value is written to the loggers at the iteration it was measured, once (see 
 """
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch.nn.functional as F
 
-from ..lightning import iteration_in_progress, log_now, micro_batch_index
+from ..lightning import Callback, iteration_in_progress, log_now, micro_batch_index
 
 
 def noise_scale_estimates(g_small_sq: float, g_big_sq: float, b_small: int, b_big: int) -> tuple[float, float]:
@@ -43,7 +42,7 @@ def _grad_sq_norm(model, x, y) -> float:
     return total
 
 
-class GradientNoiseScale(pl.Callback):
+class GradientNoiseScale(Callback):
     def __init__(self, every: int = 50, micro: int = 16, beta: float = 0.9):
         self.every, self.micro, self.beta = every, micro, beta
         self.ema_g2 = self.ema_trace = None

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
+
+from ..lightning import Callback
 
 FIRST_ESTIMATE_AFTER_S = 10.0  # enough iterations for a steady pace, short against any real sweep
 LONG_ON_CPU_S = 3600.0  # beyond this on a CPU, say that --quick exists
@@ -168,7 +169,7 @@ class SweepClock:
 SWEEP = SweepClock()
 
 
-class EvalLines(pl.Callback):
+class EvalLines(Callback):
     """After each evaluation, `name  run k of N  iteration i/T  train/err  val/err  test/err  (ETA)`;
     on a terminal the line goes above Lightning's bar, whose description carries the run and the
     sweep ETA."""
@@ -221,7 +222,7 @@ class EvalLines(pl.Callback):
                              f"{'  '.join(parts)}  ({rate:.1f} it/s, ETA {eta / 60:.1f} min{tail})")
 
 
-class StopAtLastStep(pl.Callback):
+class StopAtLastStep(Callback):
     """Flags the final step as a stop so Lightning evaluates there, inside `fit`, whatever
     `eval_every` is; every metric then carries the iteration it was measured at."""
 

@@ -132,6 +132,7 @@ class ArrayDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
         super().__init__()
         self.cfg, self.schedule, self.seed, self.accumulate = data_cfg, schedule, seed, accumulate
+        self.augment = data_cfg.augment  # read every step: a plain bool, not an OmegaConf lookup (~5 us)
         self._arrays = arrays
         self.mean = None
 
@@ -200,7 +201,7 @@ class ArrayDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         x = self.normalize(x)
-        if self.trainer is not None and self.trainer.training and self.cfg.augment:
+        if self.augment and self.trainer is not None and self.trainer.training:
             # global_step and the micro-batch index make each draw unique and replayable
             step = self.trainer.global_step * self.accumulate + micro_batch_index(self.trainer)
             g = step_generator(self.seed * 7 + self.trainer.global_rank, step, x.device)
