@@ -16,10 +16,12 @@ per pair; the median and quartiles are reported, in images/s.
 
 Per-step host overhead: on a tiny model (resnet8, batch 2, 1 thread) the device work is small, so
 what the framework adds per step shows: ms per step of the fit minus the plain loop's, per pair of
-`--overhead-steps` windows, evaluation taken out. Measured for run_one (`--overhead-variants`) and
-for `BareModule`, the same step in the least LightningModule (no metrics, callbacks, loggers or
-DataModule): Lightning's own floor, which the package cannot go under while it uses Lightning's loop;
-the difference of the two is the package's own cost.
+`--overhead-steps` windows, evaluation taken out; and, since milliseconds on a shared machine
+spread, the function calls per step, counted (the same on any machine). Measured for run_one
+(`--overhead-variants`) and for `BareModule`, the same step in the least LightningModule (no
+metrics, callbacks, loggers or DataModule) with Lightning's automatic and its manual loop:
+Lightning's own floor, which a package cannot go under while it uses that loop; the difference
+is the package's own cost.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from .config import compose
 from .data.augment import random_crop_flip, step_generator
 from .data.datamodule import load_arrays
 from .graph_step import GraphedStep
+from .lightning import Callback
 from .loggers import wandb_installed
 from .models import build
 from .module import ClassifierModule
@@ -49,7 +52,8 @@ from .train import compile_mode_for, run_one
 
 # the per-step overhead's model, batch and threads: little device work, so the host's shows
 OVERHEAD_MODEL = ("resnet8", 2, 1)
-LIGHTNING_FLOOR = "lightning-floor"  # the overhead entry of BareModule
+# the overhead entries of BareModule: Lightning's own floor, automatic and manual loop
+LIGHTNING_FLOORS = {"lightning-floor": "fp32", "lightning-floor-manual": "fp32-manual"}
 # name -> (Lightning precision, torch.compile, trainer.train_step)
 VARIANTS = {"fp32": ("32-true", False, "lightning"), "bf16": ("bf16-mixed", False, "lightning"),
             "fp32-manual": ("32-true", False, "manual"),
@@ -106,8 +110,10 @@ class PlainLoop:
         if self.graph is not None:
             self.graph(xb, self.y[idx])
         else:
-            loss = self.loss(xb.contiguous(memory_format=torch.channels_last), self.y[idx])
+            # gradients freed before the forward, not after it (measured: 1.4% faster at ResNet-20
+            # batch 128 on 2 CPU cores, the forward reuses their memory): the faster reference
             self.opt.zero_grad(set_to_none=True)
+            loss = self.loss(xb.contiguous(memory_format=torch.channels_last), self.y[idx])
             loss.backward()
         self.opt.step()
         self.i += 1
@@ -145,15 +151,17 @@ class CallCounter:
         sys.setprofile(None)
 
 
-class Interleaved(pl.Callback):
+class Interleaved(Callback):
     """Alternates the plain loop and the fit it rides in, `window` steps each, `pairs` times.
 
     At the start of optimizer step `start + i * window` (i = 0 .. pairs) it closes the fit's window
     i - 1, runs the plain loop for `window` steps (timed), and opens window i, so each pair is two
     neighbouring slices of the same second of the machine's life: a slow spell of a shared machine
     hits both. Everything the fit does between two window starts is in its window (data, every
-    callback, logging, checkpoints) except evaluation, which is timed apart (`eval_seconds`) and
-    taken out: the plain loop does not evaluate. The device is synchronised at the marks only.
+    callback, logging, checkpoints) except the evaluation loop, which is timed apart
+    (`eval_seconds`) and taken out: the plain loop does not evaluate. What runs after that loop
+    (the evaluation line, the checkpoint of an evaluated iteration) stays in, as the package's
+    cost. The device is synchronised at the marks only.
 
     With `count_calls`, one more pair follows, untimed, with the function calls counted
     (`CallCounter`): `plain_calls` and `fit_calls` per step.
@@ -197,8 +205,10 @@ class Interleaved(pl.Callback):
         if window == self.pairs:  # the counted pair: the plain loop's window, then the fit's
             counter = CallCounter()
             counter.on()
-            self.plain.run(self.window)
-            counter.off()
+            try:
+                self.plain.run(self.window)
+            finally:
+                counter.off()
             self.plain_calls = counter.calls / self.window
             self._counter = CallCounter()
             self._counter.on()
@@ -222,10 +232,16 @@ class Interleaved(pl.Callback):
         if self._counter is not None:
             self._counter.on()
 
-    def teardown(self, trainer, pl_module, stage):
-        if self._counter is not None:  # a fit that ended inside the counted window (an error)
+    def _stop_counting(self) -> None:
+        if self._counter is not None:
             self._counter.off()
             self._counter = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._stop_counting()  # a fit that failed inside the counted window
+
+    def teardown(self, trainer, pl_module, stage):
+        self._stop_counting()  # a fit stopped early inside it
 
 
 @contextlib.contextmanager
@@ -274,18 +290,27 @@ def run_package(cfg, run_dir: Path, callbacks: list = ()) -> float:
 
 class BareModule(pl.LightningModule):
     """The plain loop's step (index, normalise, crop/flip, forward) as the least LightningModule:
-    automatic optimization, no metrics, no callbacks, no loggers, no DataModule. What it costs over
-    the plain loop is Lightning's loop itself, which no package built on it can go under."""
+    no metrics, no callbacks, no loggers, no DataModule; Lightning's automatic optimization, or
+    with `manual` its manual loop (zero_grad, manual_backward, step). What it costs over the plain
+    loop is Lightning's loop of that kind itself, which no package built on it can go under."""
 
-    def __init__(self, model_name: str, x: torch.Tensor, mean: torch.Tensor):
+    def __init__(self, model_name: str, x: torch.Tensor, mean: torch.Tensor, manual: bool = False):
         super().__init__()
+        self.automatic_optimization = not manual
         self.model = build(model_name).to(memory_format=torch.channels_last)
         self.x, self.mean = x, mean
 
     def training_step(self, batch, batch_idx):
         idx, y = batch
         xb = random_crop_flip(self.x[idx].float().div_(255).sub_(self.mean), step_generator(0, batch_idx, self.device))
-        return F.cross_entropy(self.model(xb.contiguous(memory_format=torch.channels_last)), y)
+        if self.automatic_optimization:
+            return F.cross_entropy(self.model(xb.contiguous(memory_format=torch.channels_last)), y)
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = F.cross_entropy(self.model(xb.contiguous(memory_format=torch.channels_last)), y)
+        self.manual_backward(loss)
+        opt.step()
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -308,13 +333,13 @@ class IndexBatches:
             yield idx, self.y[idx]
 
 
-def fit_bare(model_name: str, arrays, batch: int, device: torch.device, timer: Interleaved) -> None:
+def fit_bare(model_name: str, arrays, batch: int, device: torch.device, timer: Interleaved, manual: bool) -> None:
     x, y = arrays[0].to(device), arrays[1].to(device)
     mean = (x.double().mean(0).float() / 255).to(device)
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=timer.last_step, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=[timer])
-    trainer.fit(BareModule(model_name, x, mean), train_dataloaders=IndexBatches(y, batch, timer.last_step))
+    trainer.fit(BareModule(model_name, x, mean, manual), train_dataloaders=IndexBatches(y, batch, timer.last_step))
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +350,8 @@ def interleaved(path: str, model_name: str, variant: str, arrays, data: list[str
                 window: int, pairs: int, device: torch.device, wandb_mode: str, run_dir: Path,
                 threads: int | None = None, count_calls: bool = False) -> Interleaved:
     """`pairs` windows of `window` steps of the plain loop and of `path` ("package": run_one;
-    "lightning": the bare module), interleaved in one fit after `warmup` steps of each."""
+    "lightning": BareModule with the variant's kind of loop), interleaved in one fit after `warmup`
+    steps of each."""
     precision, compiled, train_step = VARIANTS[variant]
     before = torch.get_num_threads()
     if threads:
@@ -340,8 +366,9 @@ def interleaved(path: str, model_name: str, variant: str, arrays, data: list[str
             cfg = package_config(model_name, batch, timer.last_step, variant, wandb_mode, threads, data)
             run_package(cfg, run_dir, [timer])
         else:
-            fit_bare(model_name, arrays, batch, device, timer)
+            fit_bare(model_name, arrays, batch, device, timer, manual=train_step != "lightning")
     finally:
+        sys.setprofile(None)  # whatever happened inside the counted window
         torch.set_num_threads(before)
     return timer
 
@@ -364,11 +391,14 @@ def bench_overhead(window: int, pairs: int, device: torch.device, wandb_mode: st
     ms per step of `path` minus the plain loop's, per interleaved pair of `window`-step windows, and
     the function calls per step of each (one more pair, counted: `CallCounter`). `path` "package" is
     run_one in `variant` (its plain loop of the same kind: eager, or graphed for a graph variant);
-    "lightning" is BareModule, Lightning's own floor (fp32, eager)."""
+    "lightning" is BareModule with the variant's kind of loop, Lightning's own floor (eager)."""
     model_name, batch, threads = OVERHEAD_MODEL
     arrays = load_arrays(package_config(model_name, batch, 1, "fp32", "disabled").data)
     t = interleaved(path, model_name, variant, arrays, [], batch, max(10, window // 2), window, pairs, device,
                     wandb_mode, tmp / f"overhead-{path}-{variant}", threads, count_calls=True)
+    if t.fit_calls is None or len(t.fit_seconds) < pairs:
+        raise RuntimeError(f"the fit stopped before its last window ({len(t.fit_seconds)} of {pairs} timed, "
+                           f"calls {'not ' if t.fit_calls is None else ''}counted)")
     plain = [1000 * s / window for s in t.plain_seconds]
     fit = [1000 * s / window for s in t.fit_seconds]
     return {"model": model_name, "batch": batch, "threads": threads, "window": window, "pairs": pairs,
@@ -420,7 +450,7 @@ def _print_table(report: dict) -> None:
         print(f"per-step host overhead over the plain loop: ms, median (quartiles) of interleaved pairs; calls counted "
               f"({model}, batch {batch}, {threads} thread):")
     for key, o in overhead.items():
-        label = "Lightning's own floor (BareModule)" if key == LIGHTNING_FLOOR else f"package, {key}"
+        label = f"Lightning's own floor, {key} (BareModule)" if key in LIGHTNING_FLOORS else f"package, {key}"
         if "error" in o:
             print(f"  {label}: failed: {o['error']}")
             continue
@@ -491,11 +521,11 @@ def main(argv=None) -> int:
             window = args.overhead_steps or (200 if on_gpu else 100)
             pairs = args.overhead_repeats or (10 if on_gpu else 20)
             for variant in [*(args.overhead_variants or (["fp32", "fp32-graph"] if on_gpu else ["fp32", "fp32-manual"])),
-                            LIGHTNING_FLOOR]:
+                            *LIGHTNING_FLOORS]:
                 try:
                     report["overhead"][variant] = bench_overhead(
-                        window, pairs, device, wandb_mode, Path(tmp), *(("fp32", "lightning") if variant == LIGHTNING_FLOOR
-                                                                        else (variant, "package")))
+                        window, pairs, device, wandb_mode, Path(tmp),
+                        *((LIGHTNING_FLOORS[variant], "lightning") if variant in LIGHTNING_FLOORS else (variant, "package")))
                 except Exception as e:  # reported like a failed variant below; the rest go on
                     report["overhead"][variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 _write(report, args.json_out)

@@ -62,8 +62,9 @@ def train_step_for(cfg, cuda_available: bool | None = None) -> str:
         if not blockers:
             return "cuda-graph"
         # elsewhere the same step uncaptured where it can be: Lightning's manual loop dispatches
-        # fewer hooks than its automatic one (357 fewer function calls a step, at Lightning's own
-        # floor: `python -m reproduce bench`), for bit-identical weights (tests/test_train_step.py)
+        # fewer hooks than its automatic one (357 fewer function calls a step in run_one:
+        # `python -m reproduce bench`, fp32 against fp32-manual), for bit-identical weights
+        # (tests/test_train_step.py)
         manual_ok = t.accumulate == 1 and not t.noise_scale and not t.compile and str(t.precision) not in ("16", "16-mixed")
         return "manual" if manual_ok else "lightning"
     if t.train_step == "cuda-graph" and blockers:

@@ -38,15 +38,19 @@ class Callback(pl.Callback):
 
     `_call_callback_hooks` runs a hook only if `callable(getattr(callback, hook))`: each per-step
     hook a subclass leaves as pl.Callback's empty method is set to None on the subclass, so
-    Lightning skips it instead of dispatching an empty call. The package's five callbacks define
+    Lightning skips it instead of dispatching an empty call. (So a subclass that overrides a hook
+    calls no `super()` version of it unless a base really defines one.) The package's five callbacks define
     6 of their 30 per-step hooks (measured: 13.8 us to dispatch one hook over five callbacks, 4.0 us
     over none; `python -m reproduce bench` times the whole step)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for hook in PER_STEP_HOOKS:
-            if getattr(cls, hook) is getattr(pl.Callback, hook):
-                setattr(cls, hook, None)
+            # the first real definition in the method order, wherever it is (another callback mixed
+            # in may define a hook that a Callback before it in the order left as None)
+            defined = next((vars(base)[hook] for base in cls.__mro__
+                            if base is not pl.Callback and vars(base).get(hook) is not None), None)
+            setattr(cls, hook, defined)
 
 
 def ignore_known_warnings() -> None:

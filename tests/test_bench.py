@@ -43,12 +43,15 @@ def test_bench_json_structure_and_paired_ratios(bench):
 
 def test_overhead_per_pair_for_run_one_and_lightnings_floor(bench):
     overhead = bench[0]["overhead"]
-    # the CPU default: Lightning's step, the manual one, and BareModule (Lightning's own floor)
-    assert set(overhead) == {"fp32", "fp32-manual", "lightning-floor"}
+    # the CPU default: Lightning's step and the manual one, and BareModule with each loop (Lightning's own floor)
+    assert set(overhead) == {"fp32", "fp32-manual", "lightning-floor", "lightning-floor-manual"}
     calls = {key: o["extra_calls_per_step"] for key, o in overhead.items()}
-    # counted, not timed: the package's work per step is more than Lightning's own loop, whose is more than none
-    assert 0 < calls["lightning-floor"] < calls["fp32"], calls
-    for key, path in (("fp32", "package"), ("fp32-manual", "package"), ("lightning-floor", "lightning")):
+    # counted, not timed: a package step does more than Lightning's own loop of the same kind, whose
+    # manual loop does less than its automatic one, and more than none
+    assert 0 < calls["lightning-floor-manual"] < calls["lightning-floor"] < calls["fp32"], calls
+    assert calls["lightning-floor-manual"] < calls["fp32-manual"] < calls["fp32"], calls
+    for key, path in (("fp32", "package"), ("fp32-manual", "package"), ("lightning-floor", "lightning"),
+                      ("lightning-floor-manual", "lightning")):
         o = overhead[key]
         assert (o["model"], o["batch"], o["threads"], o["window"], o["pairs"]) == ("resnet8", 2, 1, 4, 2)
         assert len(o["plain_ms_per_step"]) == len(o[f"{path}_ms_per_step"]) == 2
