@@ -421,6 +421,18 @@ def bench_pipeline(arrays, batch: int, steps: int, device: torch.device) -> floa
     return batch * steps / (time.perf_counter() - t0)
 
 
+def own_calls(overhead: dict) -> None:
+    """Adds to each run_one entry `own_calls_per_step`: its calls per step minus those of
+    Lightning's floor of the same kind of loop (automatic for `lightning`, manual for `manual` and
+    `cuda-graph`), the package's own per-step work, counted."""
+    for variant, o in overhead.items():
+        if variant in LIGHTNING_FLOORS or "error" in o:
+            continue
+        floor = overhead.get("lightning-floor" if VARIANTS[variant][2] == "lightning" else "lightning-floor-manual", {})
+        if "extra_calls_per_step" in floor:
+            o["own_calls_per_step"] = o["extra_calls_per_step"] - floor["extra_calls_per_step"]
+
+
 def _write(report: dict, path: str | None) -> None:
     if path:
         tmp = Path(path).with_suffix(".tmp")
@@ -454,7 +466,8 @@ def _print_table(report: dict) -> None:
         if "error" in o:
             print(f"  {label}: failed: {o['error']}")
             continue
-        print(f"  {label}: {_fmt(o['overhead_ms'], 2)} ms, {o['extra_calls_per_step']:+.0f} function calls per step "
+        own = f" ({o['own_calls_per_step']:+.0f} over Lightning's floor)" if "own_calls_per_step" in o else ""
+        print(f"  {label}: {_fmt(o['overhead_ms'], 2)} ms, {o['extra_calls_per_step']:+.0f}{own} function calls per step "
               f"(plain loop {statistics.median(o['plain_ms_per_step']):.2f} ms and {o['plain_calls_per_step']:.0f} "
               f"calls per step; {o['pairs']} pairs of {o['window']} steps)")
     if "pipeline" in report:
@@ -529,6 +542,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # reported like a failed variant below; the rest go on
                     report["overhead"][variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 _write(report, args.json_out)
+            own_calls(report["overhead"])
         for name in args.models:
             report["models"][name] = {}
             for variant in variants:
