@@ -289,7 +289,9 @@ class Check:
                              f"(quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f})")
         for variant, o in bench.get("overhead", {}).items():
             self.log(f"bench per-step overhead, {variant}: " +
-                     (f"FAILED {o['error']}" if "error" in o else f"{o['overhead_ms']['median']:.2f} ms"))
+                     (f"FAILED {o['error']}" if "error" in o else
+                      f"{o['overhead_ms']['median']:.2f} ms, {o['extra_calls_per_step']:+.0f} calls per step"
+                      + (f" ({o['own_calls_per_step']:+.0f} over Lightning's floor)" if "own_calls_per_step" in o else "")))
 
     def choose_variant(self) -> tuple[str, float]:
         """The fastest variant the bench ran without error, and its package rate (it/s) there."""
@@ -536,8 +538,10 @@ def results_markdown(result: dict) -> str:
             h = o["overhead_ms"]
             lines += ["", f"Per-step host overhead over the plain loop, {variant} ({o['model']}, batch {o['batch']}, "
                       f"{o['threads']} thread, {o['pairs']} interleaved pairs of {o['window']} steps): {h['median']:.2f} ms "
-                      f"(quartiles {h['q1']:.2f}-{h['q3']:.2f}); the plain loop "
-                      f"{statistics.median(o['plain_ms_per_step']):.2f} ms per step."]
+                      f"(quartiles {h['q1']:.2f}-{h['q3']:.2f}), {o['extra_calls_per_step']:+.0f} function calls "
+                      + (f"({o['own_calls_per_step']:+.0f} over Lightning's floor of the same loop) "
+                         if "own_calls_per_step" in o else "")
+                      + f"per step; the plain loop {statistics.median(o['plain_ms_per_step']):.2f} ms per step."]
         lines.append("")
     for key, title in (("resnet20", "ResNet-20 runs"), ("sweep", "Figure 6 sweep")):
         p = ph.get(key)
