@@ -78,42 +78,54 @@ def summary(values: list[float]) -> dict:
 # the plain loop
 
 
+class PlainData:
+    """The plain loop's data on the device: batch i is the i-th slice of one permutation,
+    normalised and cropped/flipped with a generator seeded by (seed, i), as the package does."""
+
+    def __init__(self, arrays, batch: int, device: torch.device, seed: int = 0):
+        self.x, self.y = arrays[0].to(device), arrays[1].to(device)
+        self.mean = (self.x.double().mean(0).float() / 255).to(device)
+        self.batch, self.device, self.seed = batch, device, seed
+        self.perm = torch.randperm(len(self.y), device=device)
+
+    def indices(self, i: int) -> torch.Tensor:
+        start = (i * self.batch) % (len(self.y) - self.batch + 1)
+        return self.perm[start:start + self.batch]
+
+    def images(self, idx: torch.Tensor, i: int) -> torch.Tensor:
+        return random_crop_flip(self.x[idx].float().div_(255).sub_(self.mean), step_generator(self.seed, i, self.device))
+
+
 class PlainLoop:
     """The reference: the package's model, data, augmentation and SGD without any framework."""
 
     def __init__(self, model_name: str, arrays, batch: int, device: torch.device, precision: str,
                  compile_mode: str | None, seed: int = 0, graphed: bool = False):
-        train_x, train_y = arrays[0], arrays[1]
-        self.x, self.y = train_x.to(device), train_y.to(device)
-        self.mean = (self.x.double().mean(0).float() / 255).to(device)
-        self.batch, self.device, self.seed, self.i = batch, device, seed, 0
+        self.data = PlainData(arrays, batch, device, seed)
+        self.device, self.i = device, 0
         self.bf16 = precision.startswith("bf16")
         model = build(model_name).to(device).to(memory_format=torch.channels_last)
         self.model = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
                                    fused=True if graphed else None)
-        self.perm = torch.randperm(len(self.y), device=device)
         # the same capture as the package's cuda-graph step: forward, loss and backward replayed
         self.graph = GraphedStep(list(model.parameters()), torch.empty(batch, 3, 32, 32, device=device),
-                                 self.y[:batch], self.loss, channels_last=True) if graphed else None
+                                 self.data.y[:batch], self.loss, channels_last=True) if graphed else None
 
     def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             return F.cross_entropy(self.model(xb), yb)
 
     def step(self) -> None:
-        n = len(self.y)
-        start = (self.i * self.batch) % (n - self.batch + 1)
-        idx = self.perm[start:start + self.batch]
-        xb = self.x[idx].float().div_(255).sub_(self.mean)
-        xb = random_crop_flip(xb, step_generator(self.seed, self.i, self.device))
+        idx = self.data.indices(self.i)
+        xb, yb = self.data.images(idx, self.i), self.data.y[idx]
         if self.graph is not None:
-            self.graph(xb, self.y[idx])
+            self.graph(xb, yb)
         else:
             # gradients freed before the forward, not after it (measured: 1.4% faster at ResNet-20
             # batch 128 on 2 CPU cores, the forward reuses their memory): the faster reference
             self.opt.zero_grad(set_to_none=True)
-            loss = self.loss(xb.contiguous(memory_format=torch.channels_last), self.y[idx])
+            loss = self.loss(xb.contiguous(memory_format=torch.channels_last), yb)
             loss.backward()
         self.opt.step()
         self.i += 1
@@ -189,20 +201,15 @@ class Interleaved(Callback):
         if offset < 0 or offset % self.window:
             return
         window = offset // self.window
-        if window < self.pairs or (window == self.pairs and self._t0 is not None):
+        if self._t0 is not None:  # the fit's timed window i - 1 ends here
             _sync(pl_module.device)
-            if self._t0 is not None:
-                self.fit_seconds.append(self.clock() - self._t0 - self._eval_in_window)
-                self._t0 = None
-            if window < self.pairs:
-                self.plain_seconds.append(self.plain.run(self.window))
-                self._eval_in_window = 0.0
-                _sync(pl_module.device)
-                self._t0 = self.clock()
-                return
-        if not self.count_calls:
-            return
-        if window == self.pairs:  # the counted pair: the plain loop's window, then the fit's
+            self.fit_seconds.append(self.clock() - self._t0 - self._eval_in_window)
+            self._t0 = None
+        if window < self.pairs:
+            self.plain_seconds.append(self.plain.run(self.window))  # synchronised at both ends
+            self._eval_in_window = 0.0
+            self._t0 = self.clock()
+        elif window == self.pairs and self.count_calls:  # the counted pair: the plain loop's window, then the fit's
             counter = CallCounter()
             counter.on()
             try:
@@ -212,10 +219,9 @@ class Interleaved(Callback):
             self.plain_calls = counter.calls / self.window
             self._counter = CallCounter()
             self._counter.on()
-        elif window == self.pairs + 1 and self._counter is not None:
-            self._counter.off()
+        elif self._counter is not None:
             self.fit_calls = self._counter.calls / self.window
-            self._counter = None
+            self._stop_counting()
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if self._counter is not None:
@@ -294,15 +300,15 @@ class BareModule(pl.LightningModule):
     with `manual` its manual loop (zero_grad, manual_backward, step). What it costs over the plain
     loop is Lightning's loop of that kind itself, which no package built on it can go under."""
 
-    def __init__(self, model_name: str, x: torch.Tensor, mean: torch.Tensor, manual: bool = False):
+    def __init__(self, model_name: str, data: PlainData, manual: bool = False):
         super().__init__()
         self.automatic_optimization = not manual
         self.model = build(model_name).to(memory_format=torch.channels_last)
-        self.x, self.mean = x, mean
+        self.data = data
 
     def training_step(self, batch, batch_idx):
         idx, y = batch
-        xb = random_crop_flip(self.x[idx].float().div_(255).sub_(self.mean), step_generator(0, batch_idx, self.device))
+        xb = self.data.images(idx, batch_idx)
         if self.automatic_optimization:
             return F.cross_entropy(self.model(xb.contiguous(memory_format=torch.channels_last)), y)
         opt = self.optimizers()
@@ -317,29 +323,27 @@ class BareModule(pl.LightningModule):
 
 
 class IndexBatches:
-    """The plain loop's batches (indices of one permutation, and their labels) for a Trainer."""
+    """The plain loop's batches for a Trainer: the indices of each batch and their labels (the
+    images are gathered and augmented in BareModule.training_step, as PlainLoop.step does)."""
 
-    def __init__(self, y: torch.Tensor, batch: int, steps: int):
-        self.y, self.batch, self.steps = y, batch, steps
-        self.perm = torch.randperm(len(y))
+    def __init__(self, data: PlainData, steps: int):
+        self.data, self.steps = data, steps
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
         for i in range(self.steps):
-            start = (i * self.batch) % (len(self.y) - self.batch + 1)
-            idx = self.perm[start:start + self.batch]
-            yield idx, self.y[idx]
+            idx = self.data.indices(i)
+            yield idx, self.data.y[idx]
 
 
 def fit_bare(model_name: str, arrays, batch: int, device: torch.device, timer: Interleaved, manual: bool) -> None:
-    x, y = arrays[0].to(device), arrays[1].to(device)
-    mean = (x.double().mean(0).float() / 255).to(device)
+    data = PlainData(arrays, batch, device)
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=timer.last_step, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=[timer])
-    trainer.fit(BareModule(model_name, x, mean, manual), train_dataloaders=IndexBatches(y, batch, timer.last_step))
+    trainer.fit(BareModule(model_name, data, manual), train_dataloaders=IndexBatches(data, timer.last_step))
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,13 +414,11 @@ def bench_overhead(window: int, pairs: int, device: torch.device, wandb_mode: st
 
 def bench_pipeline(arrays, batch: int, steps: int, device: torch.device) -> float:
     """Images/s of the data pipeline alone (index, normalise, crop/flip on the device)."""
-    x, y = arrays[0].to(device), arrays[1].to(device)
-    mean = x.double().mean(0).float() / 255
+    data = PlainData(arrays, batch, device)
     _sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        idx = torch.randint(0, len(y), (batch,), device=device)
-        random_crop_flip(x[idx].float().div_(255).sub_(mean), step_generator(0, i, device))
+        data.images(torch.randint(0, len(data.y), (batch,), device=device), i)
     _sync(device)
     return batch * steps / (time.perf_counter() - t0)
 

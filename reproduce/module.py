@@ -4,13 +4,12 @@ Training metrics accumulate every step as running sums, the loss and the wrong p
 device (two in-place adds: a torchmetrics MeanMetric update cost ~50 us of Python per step, and
 four adds into one tensor ~56 us) and the micro-batch and example counts on the host, where they
 are known without asking the device; they are read (one host sync) only every `trainer.log_every`
-iterations. They go to
-the loggers at once (`log_now`), so everything of iteration k is on disk before its checkpoint is
-written. The sums travel in the checkpoint (`on_save_checkpoint`), so the first `train/err` after
-a resume averages the same iterations as in an uninterrupted run. Under DDP they are summed over
-the ranks at each log step, so the logged values cover the global batch. They are a plain tensor,
-not a module buffer: DDP copies rank 0's buffers to every rank before each forward, which would
-replace each rank's sums with rank 0's.
+iterations. They go to the loggers at once (`log_now`), so everything of iteration k is on disk
+before its checkpoint is written. The sums travel in the checkpoint (`on_save_checkpoint`), so
+the first `train/err` after a resume averages the same iterations as in an uninterrupted run.
+Under DDP they are summed over the ranks at each log step, so the logged values cover the global
+batch. The device sums are plain tensors, not module buffers: DDP copies rank 0's buffers to
+every rank before each forward, which would replace each rank's sums with rank 0's.
 """
 from __future__ import annotations
 
@@ -130,13 +129,13 @@ class ClassifierModule(pl.LightningModule):
         self.graphs.clear()
 
     def on_save_checkpoint(self, checkpoint):
-        sums = self.train_sums.detach()
+        sums = self.train_sums  # built fresh: nothing shared with the running sums
         trainer = attached_trainer(self)
         if trainer is not None and trainer.world_size > 1:
             # only rank 0's checkpoint is written, so it carries every rank's sums (every rank
             # saves at the same step boundary, so this collective is matched)
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        checkpoint[TRAIN_SUMS] = sums.cpu().clone()
+        checkpoint[TRAIN_SUMS] = sums.cpu()
 
     def on_load_checkpoint(self, checkpoint):
         # a run may resume with another train step (a GPU run continued on a CPU): Lightning counts
