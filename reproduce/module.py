@@ -1,8 +1,8 @@
 """ClassifierModule: cross-entropy, SGD, and the paper's error metrics.
 
 Training metrics accumulate every step as running sums, the loss and the wrong predictions on the
-device (two in-place adds: a torchmetrics MeanMetric update cost ~50 us of Python per step, and
-four adds into one tensor ~56 us) and the micro-batch and example counts on the host, where they
+device (two in-place adds: torchmetrics MeanMetric updates cost more Python per step than the
+rest of the step's bookkeeping) and the micro-batch and example counts on the host, where they
 are known without asking the device; they are read (one host sync) only every `trainer.log_every`
 iterations. They go to the loggers at once (`log_now`), so everything of iteration k is on disk
 before its checkpoint is written. The sums travel in the checkpoint (`on_save_checkpoint`), so

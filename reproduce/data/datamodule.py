@@ -132,7 +132,7 @@ class ArrayDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
         super().__init__()
         self.cfg, self.schedule, self.seed, self.accumulate = data_cfg, schedule, seed, accumulate
-        self.augment = data_cfg.augment  # read every step: a plain bool, not an OmegaConf lookup (~5 us)
+        self.augment = data_cfg.augment  # read every step: a plain bool, not an OmegaConf lookup
         self._arrays = arrays
         self.mean = None
 
