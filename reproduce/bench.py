@@ -20,8 +20,10 @@ what the framework adds per step shows: ms per step of the fit minus the plain l
 spread, the function calls per step, counted (the same on any machine). Measured for run_one
 (`--overhead-variants`) and for `BareModule`, the same step in the least LightningModule (no
 metrics, callbacks, loggers or DataModule) with Lightning's automatic and its manual loop:
-Lightning's own floor, which a package cannot go under while it uses that loop; the difference
-is the package's own cost.
+Lightning's own floor for one step per Lightning batch; the difference is the package's own
+cost. With `trainer.steps_per_call` K > 1 (the default on one device, graph_step.py) the package
+pays Lightning's per-batch work once per K steps and goes under that floor: the difference is then
+negative, and what is left over the plain loop is the package's per-iteration work.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from .config import compose
 from .data.augment import random_crop_flip, step_generator
 from .data.datamodule import load_arrays
-from .graph_step import GraphedStep
+from .graph_step import AUTO_STEPS_PER_CALL, GraphedStep
 from .lightning import Callback
 from .loggers import wandb_installed
 from .models import build
@@ -166,14 +168,17 @@ class CallCounter:
 class Interleaved(Callback):
     """Alternates the plain loop and the fit it rides in, `window` steps each, `pairs` times.
 
-    At the start of optimizer step `start + i * window` (i = 0 .. pairs) it closes the fit's window
-    i - 1, runs the plain loop for `window` steps (timed), and opens window i, so each pair is two
-    neighbouring slices of the same second of the machine's life: a slow spell of a shared machine
-    hits both. Everything the fit does between two window starts is in its window (data, every
-    callback, logging, checkpoints) except the evaluation loop, which is timed apart
-    (`eval_seconds`) and taken out: the plain loop does not evaluate. What runs after that loop
-    (the evaluation line, the checkpoint of an evaluated iteration) stays in, as the package's
-    cost. The device is synchronised at the marks only.
+    At the first batch start at or after optimizer step `start`, and then at the first one at
+    least `window` steps after the last mark, it closes the fit's window i - 1, runs the plain
+    loop for `window` steps (timed), and opens window i, so each pair is two neighbouring slices
+    of the same second of the machine's life: a slow spell of a shared machine hits both. A fit
+    that runs K iterations per Lightning batch (trainer.steps_per_call) has batch starts only
+    every K steps, so its windows are `window` steps rounded up to whole chunks: `fit_steps`
+    holds each window's steps, and every rate is per step. Everything the fit does between two
+    marks is in its window (data, every callback, logging, checkpoints) except the evaluation
+    loop, which is timed apart (`eval_seconds`) and taken out: the plain loop does not evaluate.
+    What runs after that loop (the evaluation line, the checkpoint of an evaluated iteration)
+    stays in, as the package's cost. The device is synchronised at the marks only.
 
     With `count_calls`, one more pair follows, untimed, with the function calls counted
     (`CallCounter`): `plain_calls` and `fit_calls` per step.
@@ -184,32 +189,51 @@ class Interleaved(Callback):
         self.plain, self.start, self.window, self.pairs, self.clock = plain, start, window, pairs, clock
         self.plain_seconds: list[float] = []
         self.fit_seconds: list[float] = []
+        self.fit_steps: list[int] = []
         self.eval_seconds = 0.0
         self.count_calls = count_calls
         self.plain_calls = self.fit_calls = None  # per step, with count_calls
         self._counter: CallCounter | None = None
         self._t0: float | None = None
+        self._mark: int | None = None  # the step at which the open window began
+        self._done = False  # every window closed
+        self.steps_per_call = 1  # of the fit, read when it starts
         self._eval_in_window = self._eval_t0 = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self.steps_per_call = getattr(pl_module, "steps_per_call", 1)  # BareModule: one step per batch
 
     @property
     def last_step(self) -> int:
-        """The fit must run at least to here (max_steps) for every window to close."""
-        return self.start + self.window * (self.pairs + self.count_calls) + 1
+        """The fit must run at least to here (max_steps) for every window to close, with chunks of
+        up to AUTO_STEPS_PER_CALL iterations; a multiple of it, so that `auto` picks for a run of
+        this length what it picks for the paper's 64k (graph_step.steps_per_call_for)."""
+        k = AUTO_STEPS_PER_CALL
+        end = self.start + k + (self.window + k) * (self.pairs + self.count_calls) + k
+        return -(-end // k) * k
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        offset = trainer.global_step - self.start
-        if offset < 0 or offset % self.window:
+        step = trainer.global_step
+        if self._done or step < self.start or (self._mark is not None and step - self._mark < self.window):
             return
-        window = offset // self.window
-        if self._t0 is not None:  # the fit's timed window i - 1 ends here
+        windows_done = len(self.fit_seconds) + (self.fit_calls is not None)
+        if self._t0 is not None:  # the fit's timed window ends here
             _sync(pl_module.device)
             self.fit_seconds.append(self.clock() - self._t0 - self._eval_in_window)
+            self.fit_steps.append(step - self._mark)
             self._t0 = None
-        if window < self.pairs:
+            windows_done += 1
+        elif self._counter is not None:  # the counted window ends here
+            self.fit_calls = self._counter.calls / (step - self._mark)
+            self._stop_counting()
+            windows_done += 1
+        self._mark = step
+        if windows_done < self.pairs:
             self.plain_seconds.append(self.plain.run(self.window))  # synchronised at both ends
             self._eval_in_window = 0.0
             self._t0 = self.clock()
-        elif window == self.pairs and self.count_calls:  # the counted pair: the plain loop's window, then the fit's
+        elif windows_done == self.pairs and self.count_calls and self.fit_calls is None:
+            # the counted pair: the plain loop's window, then the fit's
             counter = CallCounter()
             counter.on()
             try:
@@ -219,9 +243,8 @@ class Interleaved(Callback):
             self.plain_calls = counter.calls / self.window
             self._counter = CallCounter()
             self._counter.on()
-        elif self._counter is not None:
-            self.fit_calls = self._counter.calls / self.window
-            self._stop_counting()
+        else:
+            self._done = True
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if self._counter is not None:
@@ -384,8 +407,9 @@ def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch:
     t = interleaved("package", model_name, variant, arrays, data, batch, warmup, steps, repeats, device, wandb_mode,
                     tmp / f"{model_name}-{variant}")
     plain = [batch * steps / s for s in t.plain_seconds]
-    package = [batch * steps / s for s in t.fit_seconds]
-    return {"plain": summary(plain), "package": summary(package),
+    package = [batch * n / s for n, s in zip(t.fit_steps, t.fit_seconds)]
+    return {"steps_per_call": t.steps_per_call, "fit_window_steps": t.fit_steps,
+            "plain": summary(plain), "package": summary(package),
             "ratio": summary([p / q for p, q in zip(package, plain)]), "eval_s_excluded": t.eval_seconds}
 
 
@@ -404,8 +428,9 @@ def bench_overhead(window: int, pairs: int, device: torch.device, wandb_mode: st
         raise RuntimeError(f"the fit stopped before its last window ({len(t.fit_seconds)} of {pairs} timed, "
                            f"calls {'not ' if t.fit_calls is None else ''}counted)")
     plain = [1000 * s / window for s in t.plain_seconds]
-    fit = [1000 * s / window for s in t.fit_seconds]
+    fit = [1000 * s / n for n, s in zip(t.fit_steps, t.fit_seconds)]
     return {"model": model_name, "batch": batch, "threads": threads, "window": window, "pairs": pairs,
+            "steps_per_call": t.steps_per_call, "fit_window_steps": t.fit_steps,
             "plain_ms_per_step": plain, f"{path}_ms_per_step": fit,
             "overhead_ms": summary([p - q for p, q in zip(fit, plain)]),
             "plain_calls_per_step": t.plain_calls, f"{path}_calls_per_step": t.fit_calls,
@@ -457,7 +482,7 @@ def _print_table(report: dict) -> None:
                 print(f"{name:10} {variant:14} failed: {e['error']}")
                 continue
             print(f"{name:10} {variant:14} {_fmt(e['plain'], 0):>18} {_fmt(e['package'], 0):>18} "
-                  f"{_fmt(e['ratio'], 3):>22}")
+                  f"{_fmt(e['ratio'], 3):>22}  ({e.get('steps_per_call', 1)} steps per call)")
     overhead = report.get("overhead", {})
     if overhead:
         model, batch, threads = OVERHEAD_MODEL
@@ -468,7 +493,10 @@ def _print_table(report: dict) -> None:
         if "error" in o:
             print(f"  {label}: failed: {o['error']}")
             continue
-        own = f" ({o['own_calls_per_step']:+.0f} over Lightning's floor)" if "own_calls_per_step" in o else ""
+        own = f" ({o['own_calls_per_step']:+.0f} against Lightning's one-step-per-batch floor)" \
+            if "own_calls_per_step" in o else ""
+        if key not in LIGHTNING_FLOORS:
+            label += f" ({o.get('steps_per_call', 1)} steps per call)"
         print(f"  {label}: {_fmt(o['overhead_ms'], 2)} ms, {o['extra_calls_per_step']:+.0f}{own} function calls per step "
               f"(plain loop {statistics.median(o['plain_ms_per_step']):.2f} ms and {o['plain_calls_per_step']:.0f} "
               f"calls per step; {o['pairs']} pairs of {o['window']} steps)")
@@ -488,9 +516,10 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="on a CPU, also time fp32-compiled")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CPU, 30 on GPU)")
-    p.add_argument("--steps", type=int, default=None, help="steps per timed window (default 3 on CPU, 100 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="steps per timed window (default 10 on CPU, the chunk `trainer.steps_per_call=auto` "
+                   "picks there; 100 on GPU)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="interleaved pairs of windows, plain and package (default 15 on CPU, 10 on GPU)")
+                   help="interleaved pairs of windows, plain and package (default 10 on CPU and GPU)")
     p.add_argument("--overhead-steps", type=int, default=None,
                    help="steps per window of the per-step overhead measurement (default 100 on CPU, 200 on GPU)")
     p.add_argument("--overhead-repeats", type=int, default=None, help="its pairs of windows (default 20 on CPU, 10 on GPU)")
@@ -516,8 +545,8 @@ def main(argv=None) -> int:
     variants = args.variants or (["fp32", "fp32-graph", "bf16-graph", "bf16-compiled"] if on_gpu else
                                  ["fp32-manual", "fp32-compiled"] if args.compile else ["fp32-manual"])
     warmup = args.warmup or (30 if on_gpu else 3)
-    steps = args.steps or (100 if on_gpu else 3)
-    repeats = args.repeats or (10 if on_gpu else 15)
+    steps = args.steps or (100 if on_gpu else AUTO_STEPS_PER_CALL)
+    repeats = args.repeats or 10
     wandb_mode = args.wandb or ("offline" if wandb_installed() else "disabled")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .graph_step import TRAIN_STEPS, train_step_for
+from .graph_step import TRAIN_STEPS, steps_per_call_for, train_step_for
 from .models import check_name
+from .schedules import Schedule
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("paper", "quick", "smoke")
@@ -94,6 +95,10 @@ class TrainerConfig:
     # how each step runs (graph_step.py): auto = cuda-graph on one CUDA device (forward and
     # backward replayed as one CUDA graph), else lightning; or lightning | manual | cuda-graph
     train_step: str = "auto"
+    # iterations per Lightning batch (graph_step.py): 0 = auto, the largest divisor up to 10 of
+    # log_every, eval_every, checkpoint_every, the run's length and its batch-size phases, on one
+    # device with a manual or cuda-graph step (else 1); or a K that divides them
+    steps_per_call: int = 0
     deterministic: bool = False
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
@@ -363,7 +368,9 @@ def validate(cfg: DictConfig) -> None:
     if d.batch_size % per_device:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "
                           f"= {per_device}; choose a multiple of {per_device}")
-    train_step_for(cfg)  # an explicit trainer.train_step this run cannot use fails here, in one line
+    # an explicit trainer.train_step or steps_per_call this run cannot use fails here, in one line
+    schedule = Schedule.for_run(cfg)
+    steps_per_call_for(cfg, train_step_for(cfg), schedule.total_steps, schedule.batch_phase_starts())
     if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
         raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
     if s.warmup == "gradual" and s.warmup_steps <= 0:

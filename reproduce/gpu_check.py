@@ -286,12 +286,14 @@ class Check:
                 else:
                     self.log(f"bench {model} {variant}: plain {e['plain']['median']:.0f} img/s, package "
                              f"{e['package']['median']:.0f} img/s, ratio {e['ratio']['median']:.3f} "
-                             f"(quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f})")
+                             f"(quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f}; "
+                             f"{e.get('steps_per_call', 1)} steps per call)")
         for variant, o in bench.get("overhead", {}).items():
             self.log(f"bench per-step overhead, {variant}: " +
                      (f"FAILED {o['error']}" if "error" in o else
-                      f"{o['overhead_ms']['median']:.2f} ms, {o['extra_calls_per_step']:+.0f} calls per step"
-                      + (f" ({o['own_calls_per_step']:+.0f} over Lightning's floor)" if "own_calls_per_step" in o else "")))
+                      f"{o['overhead_ms']['median']:.2f} ms, {o['extra_calls_per_step']:+.0f} calls per step, "
+                      f"{o.get('steps_per_call', 1)} steps per call"
+                      + (f" ({o['own_calls_per_step']:+.0f} against Lightning's one-step-per-batch floor)" if "own_calls_per_step" in o else "")))
 
     def choose_variant(self) -> tuple[str, float]:
         """The fastest variant the bench ran without error, and its package rate (it/s) there."""
@@ -536,10 +538,11 @@ def results_markdown(result: dict) -> str:
                 lines += ["", f"Per-step host overhead, {variant}: failed: {o['error']}"]
                 continue
             h = o["overhead_ms"]
-            lines += ["", f"Per-step host overhead over the plain loop, {variant} ({o['model']}, batch {o['batch']}, "
+            lines += ["", f"Per-step host overhead over the plain loop, {variant} ({o.get('steps_per_call', 1)} steps per "
+                      f"call; {o['model']}, batch {o['batch']}, "
                       f"{o['threads']} thread, {o['pairs']} interleaved pairs of {o['window']} steps): {h['median']:.2f} ms "
                       f"(quartiles {h['q1']:.2f}-{h['q3']:.2f}), {o['extra_calls_per_step']:+.0f} function calls "
-                      + (f"({o['own_calls_per_step']:+.0f} over Lightning's floor of the same loop) "
+                      + (f"({o['own_calls_per_step']:+.0f} against Lightning's one-step-per-batch floor of the same loop) "
                          if "own_calls_per_step" in o else "")
                       + f"per step; the plain loop {statistics.median(o['plain_ms_per_step']):.2f} ms per step."]
         lines.append("")

@@ -20,9 +20,22 @@ graph can be captured (a CPU, DDP), since Lightning's manual loop costs less hos
 its automatic one, and the path the CPU tests run against the GPU's. `lightning` is automatic
 optimization: needed for gradient accumulation and for the gradient-noise callback (which hooks
 into backward), and kept for fp16 loss scaling and `trainer.compile`.
+
+Steps per call (`trainer.steps_per_call`, Keras's `steps_per_execution`). Lightning's loop costs
+about 1,200 Python function calls per batch on its own (`python -m reproduce bench`, its manual
+floor): hooks, progress counters and logger bookkeeping, more than a small model's whole plain
+step, and on an H200 as long as a graphed ResNet-20 step (README, "GPU"). With K steps per call,
+one Lightning batch carries K iterations (`data.datamodule.StepChunk`) and `training_step` runs
+them in a loop, each its own optimizer step (lr from the schedule, batch and crops from its step,
+the raw SGD step, `global_step` counted as Lightning counts it), so Lightning's per-batch work is
+paid once per K iterations. Everything that acts between iterations (logging, evaluation,
+checkpoints, batch-size phases, the end) falls on a chunk's last iteration because K divides
+their periods, which is what makes a chunked run bit-identical to K = 1 (tests/test_train_step.py)
+and its checkpoints resumable with any K (lightning.align_batch_count).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -31,6 +44,10 @@ from .errors import ConfigError
 
 TRAIN_STEPS = ("auto", "lightning", "manual", "cuda-graph")
 WARMUP_STEPS = 3  # eager steps per batch shape before its capture (PyTorch's CUDA-graph docs use 3)
+# `trainer.steps_per_call=0` (auto) takes the largest K up to this that divides every period: at 10
+# Lightning's per-batch work is a tenth per step, and a SIGTERM (acted on at a chunk's end) waits
+# at most 9 iterations
+AUTO_STEPS_PER_CALL = 10
 
 
 def train_step_for(cfg, cuda_available: bool | None = None) -> str:
@@ -72,6 +89,46 @@ def train_step_for(cfg, cuda_available: bool | None = None) -> str:
     if t.train_step == "manual" and t.accumulate != 1:
         raise ConfigError("trainer.train_step=manual needs trainer.accumulate=1 (use lightning to accumulate)")
     return t.train_step
+
+
+def steps_per_call_for(cfg, train_step: str, total_steps: int, phase_starts=(), fault_step: int | None = None,
+                       resume_step: int | None = None, callbacks=()) -> int:
+    """The resolved `trainer.steps_per_call`: K iterations per Lightning batch (see the module's
+    docstring), 1 where a chunk cannot run; a one-line error for an explicit K that cannot.
+    `callbacks`: the run's; one with `every_iteration` (reproduce.lightning.Callback) rules chunks out."""
+    t = cfg.trainer
+    blockers = [f"{type(c).__name__} needs every iteration's hooks (every_iteration)"
+                for c in callbacks if getattr(c, "every_iteration", False)]
+    if train_step not in ("manual", "cuda-graph"):
+        blockers.append(f"it needs trainer.train_step manual or cuda-graph (this run steps with {train_step})")
+    if t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single_device"):
+        blockers.append("it needs one device and trainer.strategy=auto (DDP reduces gradients once per forward call)")
+    if cfg.data.dataset == "imagefolder":
+        blockers.append("it needs an in-memory dataset (cifar10 or synthetic), not imagefolder")
+    # every step at which something happens between iterations ends a chunk (a "step" fault of
+    # REPRODUCE_FAULT too, so that it fires where it says), and chunks start where the checkpoint
+    # resumed from was taken (a SIGTERM's checkpoint may be at any step of a run with K = 1)
+    periods = {"trainer.log_every": t.log_every, "trainer.eval_every": t.eval_every,
+               "trainer.checkpoint_every": t.checkpoint_every, "the run's total steps": total_steps,
+               **{f"the batch-size phase starting at step {s}": s for s in phase_starts if s},
+               **({"REPRODUCE_FAULT's step": fault_step} if fault_step else {}),
+               **({"the step of the checkpoint resumed from": resume_step} if resume_step else {})}
+    if t.steps_per_call == 0:
+        if blockers:
+            return 1
+        g = math.gcd(*periods.values())
+        return max(k for k in range(1, AUTO_STEPS_PER_CALL + 1) if g % k == 0)
+    k = t.steps_per_call
+    if k < 0:
+        raise ConfigError(f"trainer.steps_per_call must be 0 (auto) or a positive number of iterations, got {k}")
+    if k > 1 and blockers:
+        raise ConfigError(f"trainer.steps_per_call={k}: {'; '.join(blockers)} (use 0 for auto, or 1)")
+    for name, period in periods.items():
+        if period % k:
+            raise ConfigError(f"trainer.steps_per_call={k} must divide {name} ({period}): every chunk of {k} "
+                              f"iterations ends where logging, evaluation or a checkpoint may happen "
+                              f"(use 0 for auto, or a divisor of {period})")
+    return k
 
 
 class GraphedStep:

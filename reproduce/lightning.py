@@ -2,8 +2,10 @@
 
 Checked against pytorch-lightning 2.5.0 and 2.6.6 (setup.cfg: >=2.5.0,<2.7): the private names
 used here are `fit_loop.epoch_loop._should_accumulate()`, `fit_loop.epoch_loop.batch_idx`,
-`LightningModule._trainer`, the layout of the checkpoint's step counters (`carry_step_count`) and
-the rule that a callback hook which is not callable is skipped (`Callback`).
+`LightningModule._trainer`, the layout of the checkpoint's step counters (`carry_step_count`,
+`align_batch_count`), the manual loop's step counter and the loggers' step (`count_optimizer_step`,
+`set_logger_step`: a chunk of several iterations per batch) and the rule that a callback hook which
+is not callable is skipped (`Callback`).
 If a Lightning release renames them, this module is the one to change, and the resume tests
 (tests/test_resume.py) are the ones that notice.
 
@@ -42,7 +44,14 @@ class Callback(pl.Callback):
     version of a hook unless a base really defines one). The package's five callbacks define 7 of
     their 30 per-step hooks. `python -m reproduce bench` counts the calls of a whole step (README,
     "Speed": the package's own work over Lightning's floor fell from 821 calls a step to 364 with
-    this and the other cuts listed there)."""
+    this and the other cuts listed there).
+
+    With `trainer.steps_per_call` K > 1 a Lightning batch is a chunk of K iterations, so the
+    per-step hooks run once per chunk, at its first iteration's start and its last one's end
+    (log, evaluation and checkpoint steps are always chunk ends). A callback that must see every
+    iteration says so with `every_iteration = True`; `auto` then runs one iteration per batch."""
+
+    every_iteration = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -118,3 +127,43 @@ def carry_step_count(checkpoint: dict, automatic: bool) -> None:
         auto["optimizer"]["zero_grad"] = {k: {**v, "started": v["completed"]} for k, v in manual.items()}
     elif not automatic and auto_steps["total"]["completed"] > manual["total"]["completed"]:
         loops[MANUAL_STEPS] = {k: dict(v) for k, v in auto_steps.items()}
+
+
+def count_optimizer_step(trainer: pl.Trainer) -> None:
+    """Count one optimizer step taken without Lightning's optimizer wrapper (an iteration inside a
+    chunk), as `LightningOptimizer.step` counts it in manual optimization: `global_step` advances."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()
+
+
+def set_logger_step(trainer: pl.Trainer, iteration: int) -> None:
+    """After a chunk ending at `iteration`: the step Lightning gives its loggers for what is logged
+    before the batch ends (the evaluation after it) is `logger_step(iteration)`. Lightning counts
+    that step in batches (`_batches_that_stepped`), which a chunk of K iterations is one of."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped = logger_step(iteration)
+
+
+BATCH_PROGRESS = "epoch_loop.batch_progress"
+
+
+def align_batch_count(checkpoint: dict, micro_batches_per_step: int, steps_per_batch: int) -> None:
+    """Make the checkpoint's count of training batches the one this run would have reached at its
+    step: `global_step x micro_batches_per_step / steps_per_batch`.
+
+    Lightning restores how many batches of the (one) epoch were done and decides evaluations and
+    the epoch's end by that count, so a run resumed with another `trainer.steps_per_call` (a
+    chunked GPU run continued on a CPU, or the reverse) must count its batches in its own unit.
+    Checkpoints are written only at step boundaries, where `processed` batches hold every
+    finished step: the counters move together, keeping Lightning's restart arithmetic (which
+    compares them) as it was. With an unchanged unit this changes nothing."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get(BATCH_PROGRESS)
+    if progress is None:
+        return
+    done = checkpoint["global_step"] * micro_batches_per_step
+    if done % steps_per_batch:
+        return  # a step inside a chunk (cannot happen: chunks end where checkpoints are taken)
+    shift = done // steps_per_batch - progress["total"]["processed"]
+    for scope in ("total", "current"):
+        for key in ("ready", "started", "processed", "completed"):
+            progress[scope][key] += shift

@@ -14,14 +14,17 @@ every rank before each forward, which would replace each rank's sums with rank 0
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from .data.datamodule import StepChunk
 from .graph_step import GraphedStep
-from .lightning import attached_trainer, carry_step_count, completes_step, iteration_in_progress, log_now
+from .lightning import (align_batch_count, attached_trainer, carry_step_count, completes_step, count_optimizer_step,
+                        iteration_in_progress, log_now, set_logger_step)
 
 
 TRAIN_SUMS = "train_metric_sums"  # checkpoint key of ClassifierModule.train_sums
@@ -34,10 +37,16 @@ class NonFiniteLoss(RuntimeError):
 class ClassifierModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, optim_cfg, log_every: int = 50,
                  channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test"),
-                 train_step: str = "lightning"):
+                 train_step: str = "lightning", steps_per_call: int = 1,
+                 set_lr: Callable[[list, int], None] | None = None):
         super().__init__()
         # graph_step.py: "lightning" (automatic optimization), "manual" or "cuda-graph"
         self.train_step_mode = train_step
+        # iterations per Lightning batch (graph_step.py); inside a chunk `set_lr(optimizers, step)`
+        # (LRSchedule.apply) sets each iteration's lr, as LRSchedule does before every batch
+        if steps_per_call > 1 and set_lr is None:
+            raise ValueError("steps_per_call > 1 needs set_lr: the iterations inside a chunk set their own lr")
+        self.steps_per_call, self.set_lr = steps_per_call, set_lr
         self.automatic_optimization = train_step == "lightning"
         self.graphs: dict[tuple, GraphedStep] = {}  # batch shape -> its captured step (cuda-graph)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
@@ -80,6 +89,8 @@ class ClassifierModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, StepChunk):
+            return self._train_chunk(batch)
         x, y = batch
         step = iteration_in_progress(self.trainer)  # before a manual opt.step() advances global_step
         counts = self.counts
@@ -90,34 +101,63 @@ class ClassifierModule(pl.LightningModule):
             if not completes_step(self.trainer):
                 return loss
         else:
-            loss = self._manual_step(x, y)
-        if step % self.log_every == 0 or step == self.trainer.max_steps:
-            sums = self.train_sums
-            if self.trainer.world_size > 1:
-                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            loss_value, err = sums[0] / sums[1], sums[2] / sums[3] * 100
-            self.loss_sum.zero_()
-            self.wrong_sum.zero_()
-            self.counts = [0, 0]
-            if not math.isfinite(float(loss_value)):
-                raise NonFiniteLoss(f"the training loss became {float(loss_value)} by iteration {step}")
-            self.last_train_err = float(err)
-            log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
+            opt = self.optimizers()
+            loss = self._gradients(opt, x, y, self.manual_backward)
+            opt.step()
+        self._log_if_due(step)
         return loss
 
-    def _manual_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        opt = self.optimizers()
+    def _train_chunk(self, chunk: StepChunk) -> torch.Tensor:
+        """The iterations of one chunk (trainer.steps_per_call, graph_step.py), each a whole step:
+        its lr, its batch, gradients, the raw SGD step counted as Lightning counts it, and the
+        log of a log step. Lightning's per-step hooks are not called inside a chunk (no callback
+        of a chunked run has one but LRSchedule's, which `set_lr` is)."""
+        trainer = self.trainer
+        opt = self.optimizers().optimizer  # the torch optimizer: Lightning's wrapper costs ~300 calls a step
+        step = trainer.global_step  # iterations done before the chunk
+        counts = self.counts
+        for i in range(len(chunk)):
+            if i:  # the chunk's first lr was set by LRSchedule.on_train_batch_start
+                self.set_lr(trainer.optimizers, step)
+            x, y = chunk[i]
+            step += 1
+            counts[0] += 1
+            counts[1] += len(y)
+            loss = self._gradients(opt, x, y, torch.Tensor.backward)
+            opt.step()
+            count_optimizer_step(trainer)
+            self._log_if_due(step)
+        set_logger_step(trainer, step)
+        return loss
+
+    def _gradients(self, opt, x: torch.Tensor, y: torch.Tensor, backward) -> torch.Tensor:
+        """Forward, loss, metric sums and backward of one batch (replayed as one CUDA graph with
+        `cuda-graph`); the caller steps the optimizer."""
         if self.train_step_mode == "cuda-graph":
             key = (tuple(x.shape), tuple(y.shape), x.dtype)
             if key not in self.graphs:
                 self.graphs[key] = GraphedStep(list(self.parameters()), x, y, self.loss_and_sums, self.channels_last)
-            loss = self.graphs[key](x, y)
-        else:
-            opt.zero_grad()
-            loss = self.loss_and_sums(x, y)
-            self.manual_backward(loss)
-        opt.step()
+            return self.graphs[key](x, y)
+        opt.zero_grad()
+        loss = self.loss_and_sums(x, y)
+        backward(loss)
         return loss
+
+    def _log_if_due(self, step: int) -> None:
+        """At a log step (and the last): train/loss and train/err averaged since the last one."""
+        if step % self.log_every and step != self.trainer.max_steps:
+            return
+        sums = self.train_sums
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        loss_value, err = sums[0] / sums[1], sums[2] / sums[3] * 100
+        self.loss_sum.zero_()
+        self.wrong_sum.zero_()
+        self.counts = [0, 0]
+        if not math.isfinite(float(loss_value)):
+            raise NonFiniteLoss(f"the training loss became {float(loss_value)} by iteration {step}")
+        self.last_train_err = float(err)
+        log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
 
     def on_train_start(self):
         # moved once, before any capture: a CUDA graph keeps the address of these sums
@@ -141,6 +181,10 @@ class ClassifierModule(pl.LightningModule):
         # a run may resume with another train step (a GPU run continued on a CPU): Lightning counts
         # automatic and manual optimizer steps apart, so the count moves to the one this run uses
         carry_step_count(checkpoint, self.automatic_optimization)
+        # and the count of batches done moves to this run's batch (a chunk of steps_per_call iterations)
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            align_batch_count(checkpoint, trainer.accumulate_grad_batches, self.steps_per_call)
         # SGD's kernel choice is saved in its param groups and load_state_dict would bring it back:
         # a cuda-graph checkpoint resumed on a CPU must not ask for the fused CUDA kernel, nor a
         # lightning checkpoint resumed as cuda-graph lose it

@@ -24,7 +24,7 @@ from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseS
 from .callbacks.checkpoint import Fault, RunInterrupted
 from .config import to_dict
 from .errors import ConfigError
-from .graph_step import train_step_for
+from .graph_step import steps_per_call_for, train_step_for
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import ignore_known_warnings
@@ -121,20 +121,25 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     schedule = Schedule.for_run(cfg)
-    dm = build_datamodule(cfg, schedule)
+    s = cfg.schedule
+    lr_cb = LRSchedule(schedule, s.on_plateau, s.plateau_patience, s.plateau_threshold, s.max_drops)
+    callbacks = [lr_cb, BatchScaling(schedule, cfg.trainer.log_every), StopAtLastStep(), EvalLines(name)]
+    if cfg.trainer.noise_scale:
+        callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
+    callbacks.append(ckpt_cb)  # last: a checkpoint holds what every other callback did in that step
+
+    train_step = train_step_for(cfg)
+    fault = ckpt_cb.fault
+    steps_per_call = steps_per_call_for(cfg, train_step, schedule.total_steps, schedule.batch_phase_starts(),
+                                        fault.step if fault is not None and fault.point == "step" else None,
+                                        resume_step, callbacks)
+    dm = build_datamodule(cfg, schedule, steps_per_call)
     model = build(model_name, num_classes=dm.num_classes, **model_options(cfg, model_name))
     if cfg.trainer.compile:
         # static shapes: one graph (and one CUDA graph) per batch shape, train and eval alike
         model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, cfg.trainer.accelerator), dynamic=False)
-    train_step = train_step_for(cfg)
     module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
-                              dm.num_classes, dm.eval_splits, train_step)
-    s = cfg.schedule
-    lr_cb = LRSchedule(schedule, s.on_plateau, s.plateau_patience, s.plateau_threshold, s.max_drops)
-    callbacks = [lr_cb, BatchScaling(schedule, dm, cfg.trainer.log_every), StopAtLastStep(), EvalLines(name)]
-    if cfg.trainer.noise_scale:
-        callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
-    callbacks.append(ckpt_cb)  # last: a checkpoint holds what every other callback did in that step
+                              dm.num_classes, dm.eval_splits, train_step, steps_per_call, lr_cb.apply)
 
     resolved = to_dict(cfg)
     if not resume or not files.config_path.exists():
@@ -143,6 +148,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     loggers = [CSVMetrics(run_dir, resume_step)]
     family = "resnet" if is_residual(model_name) else "plain"
     wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0), "train_step_used": train_step,
+                    "steps_per_call_used": steps_per_call,
                     "total_steps": schedule.total_steps, "env": environment()}
     tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
     # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already
@@ -159,8 +165,9 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=precision_for(cfg.trainer.precision, accelerator),
         max_steps=schedule.total_steps, accumulate_grad_batches=cfg.trainer.accumulate,
-        val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every, logger=loggers, callbacks=callbacks,
+        # in batches: micro-batches, or chunks of steps_per_call iterations (which divides eval_every)
+        val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate // steps_per_call, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every // steps_per_call, logger=loggers, callbacks=callbacks,
         enable_checkpointing=False, enable_model_summary=False, deterministic=cfg.trainer.deterministic,
         enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
         default_root_dir=str(run_dir),

@@ -78,9 +78,11 @@ class FakeClock:
         return self.now
 
 
-def test_interleaving_alternates_windows_and_takes_evaluation_out(tmp_path):
+@pytest.mark.parametrize("variant,steps_per_call", [("fp32", 1), ("fp32-manual", 5)])
+def test_interleaving_alternates_windows_and_takes_evaluation_out(tmp_path, variant, steps_per_call):
     """Inside one run_one: the plain loop runs at the start of each window, the fit's windows are
-    `window` steps of its own time, and evaluation inside a window is timed apart, not counted."""
+    `window` steps of its own time (rounded up to whole chunks when a Lightning batch carries
+    several iterations), and evaluation inside a window is timed apart, not counted."""
     import pytorch_lightning as pl
     from reproduce.bench import Interleaved, package_config, run_package
     from reproduce.module import ClassifierModule
@@ -97,23 +99,29 @@ def test_interleaving_alternates_windows_and_takes_evaluation_out(tmp_path):
             return 1.0 * steps
 
     class Ticks(pl.Callback):  # the fit: 10 s per training step, 100 s per evaluation batch
+        step = 0
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.now += 10.0
+            clock.now += 10.0 * (trainer.global_step - self.step)
+            self.step = trainer.global_step
 
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             clock.now += 100.0
 
     plain = Plain()
     timer = Interleaved(plain, start=2, window=3, pairs=4, clock=clock, count_calls=True)
-    assert timer.last_step == 2 + 3 * 5 + 1  # and one counted pair after the timed ones
-    # evaluations at 5 and 10 fall inside windows 1 and 2
-    cfg = package_config("resnet8", 8, timer.last_step, "fp32", "disabled",
+    assert timer.last_step % 10 == 0 and timer.last_step >= 2 + (3 + 10) * 5 + 10  # room for 10-step chunks
+    # evaluations every 5 iterations fall inside windows; with the manual step `auto` chunks this
+    # run by 5 (the gcd of eval_every 5, log_every 50, checkpoint_every 2000 and 90 steps)
+    cfg = package_config("resnet8", 8, timer.last_step, variant, "disabled",
                          data=["data.dataset=synthetic", "data.synthetic_train=320", "data.synthetic_test=16",
                                "data.val_size=16", "trainer.eval_every=5"])
     run_package(cfg, tmp_path / "run", [timer, Ticks()])
     assert plain.calls == [3, 3, 3, 3, 3]
     assert timer.plain_seconds == [3.0] * 4  # the counted pair is not timed
-    assert timer.fit_seconds == [30.0] * 4  # the evaluations' 100 s each are not in the windows
+    assert timer.steps_per_call == steps_per_call and timer.fit_steps == [3 if steps_per_call == 1 else 5] * 4
+    # 10 s a step: the evaluations' 100 s each are not in the windows
+    assert [s / n for s, n in zip(timer.fit_seconds, timer.fit_steps)] == [10.0] * 4
     assert timer.eval_seconds > 0 and timer.eval_seconds % 100 == 0
     # the fake plain step is two Python calls; a Lightning step is thousands
     assert 0 < timer.plain_calls < 10 and timer.fit_calls > 1000

@@ -178,3 +178,124 @@ def test_cuda_graph_trains_as_the_manual_step_through_lightning():
     for k in eager:  # parameters and BN running statistics (a double or missing BN update shows here)
         torch.testing.assert_close(graphed[k].float(), eager[k].float(), rtol=1e-3, atol=1e-4, msg=k)
     torch.testing.assert_close(graphed_sums, eager_sums, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# steps per call: K iterations per Lightning batch (graph_step.py)
+
+def _steps_per_call(*overrides, train_step=None, fault_step=None, resume_step=None, callbacks=()):
+    from reproduce.graph_step import steps_per_call_for
+    from reproduce.schedules import Schedule
+    c = cfg(*overrides)
+    schedule = Schedule.for_run(c)
+    return steps_per_call_for(c, train_step or train_step_for(c, cuda_available=False), schedule.total_steps,
+                              schedule.batch_phase_starts(), fault_step, resume_step, callbacks)
+
+
+@pytest.mark.parametrize("overrides,kwargs,expected", [
+    ((), {}, 2),                                             # smoke: log_every 2, eval/checkpoint 4, 8 steps
+    (("trainer.log_every=50", "trainer.eval_every=1000", "trainer.checkpoint_every=2000",
+      "schedule.max_steps=64000"), {}, 10),                  # the paper profile: gcd 50, capped at 10
+    (("trainer.log_every=8", "trainer.eval_every=8", "trainer.checkpoint_every=8", "schedule.max_steps=64"), {}, 8),
+    ((), {"train_step": "lightning"}, 1),                     # Lightning's automatic loop: one step a batch
+    ((), {"train_step": "cuda-graph"}, 2),
+    (("trainer.devices=2",), {}, 1),                          # DDP reduces once per forward call
+    (("trainer.log_every=1",), {}, 1),
+    ((), {"fault_step": 7}, 1),                               # a "step" fault ends a chunk where it fires
+    ((), {"resume_step": 5}, 1),                              # a SIGTERM checkpoint at an odd step
+    ((), {"resume_step": 4}, 2),
+    (("schedule.decay=batch", "data.batch_size=16", "schedule.max_steps=16", "schedule.milestones=[8,12]",
+      "trainer.log_every=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"), {}, 1),  # phases at 8, 10
+])
+def test_auto_steps_per_call_divides_every_period(overrides, kwargs, expected):
+    assert _steps_per_call(*overrides, **kwargs) == expected
+
+
+def test_a_callback_that_needs_every_iteration_gets_one_per_batch():
+    from reproduce.callbacks import StopAtLastStep
+    from reproduce.lightning import Callback
+
+    class GradientHistogram(Callback):
+        every_iteration = True
+
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    assert _steps_per_call(callbacks=[GradientHistogram()]) == 1
+    assert _steps_per_call(callbacks=[StopAtLastStep()]) == 2  # the package's own act at chunk ends
+    with pytest.raises(ConfigError, match="GradientHistogram needs every iteration"):
+        _steps_per_call("trainer.steps_per_call=2", callbacks=[GradientHistogram()])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("trainer.steps_per_call=4",), r"must divide trainer.log_every \(2\)"),
+    (("trainer.steps_per_call=2", "trainer.train_step=lightning"), "needs trainer.train_step manual or cuda-graph"),
+    (("trainer.steps_per_call=2", "trainer.devices=2"), "needs one device"),
+    (("trainer.steps_per_call=-1",), "must be 0 \\(auto\\) or a positive"),
+])
+def test_an_impossible_steps_per_call_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        compose("resnet", "smoke", list(overrides))
+    assert "trainer.steps_per_call" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batch_count_follows_the_resuming_runs_unit():
+    from reproduce.lightning import BATCH_PROGRESS, align_batch_count
+
+    def ckpt(step, batches, completed_lag=0):
+        counts = {"ready": batches, "started": batches, "processed": batches, "completed": batches - completed_lag}
+        return {"global_step": step, "loops": {"fit_loop": {BATCH_PROGRESS: {"total": dict(counts), "current": dict(counts)}}}}
+
+    # written by a run of chunks of 10 at step 40 (in on_train_batch_end: the batch not yet completed)
+    c = ckpt(40, 4, completed_lag=1)
+    align_batch_count(c, micro_batches_per_step=1, steps_per_batch=1)
+    assert c["loops"]["fit_loop"][BATCH_PROGRESS]["total"] == {"ready": 40, "started": 40, "processed": 40, "completed": 39}
+    align_batch_count(c, 1, 10)  # and back
+    assert c["loops"]["fit_loop"][BATCH_PROGRESS]["current"] == {"ready": 4, "started": 4, "processed": 4, "completed": 3}
+    for args in ((1, 10), (1, 10)):  # the same unit: untouched
+        before = copy.deepcopy(c)
+        align_batch_count(c, *args)
+        assert c == before
+    c = ckpt(40, 80)  # accumulating 2 micro-batches a step, resumed with 1 step per batch of 2
+    align_batch_count(c, 2, 1)
+    assert c["loops"]["fit_loop"][BATCH_PROGRESS]["total"]["processed"] == 80
+
+
+SPC_BASE = ["resnet", "--smoke", "models=[resnet8]", "trainer.deterministic=true", "trainer.threads=1",
+            "wandb.mode=disabled"]
+
+
+def _final(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt, (run_dir / "metrics.csv").read_text()
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("case", [
+    # the Figure 6 schedule: lr drops inside chunks
+    ["schedule.max_steps=24", "schedule.milestones=[12,18]", "trainer.log_every=4", "trainer.eval_every=8",
+     "trainer.checkpoint_every=8"],
+    # a batch-size schedule after a gradual warmup: the lr changes every step, the batch at chunk ends
+    ["schedule.decay=batch", "schedule.warmup=gradual", "schedule.warmup_steps=8", "data.batch_size=16",
+     "schedule.max_steps=64", "schedule.milestones=[32,48]", "trainer.log_every=4", "trainer.eval_every=4",
+     "trainer.checkpoint_every=4"],
+], ids=["milestones", "batch_decay_warmup"])
+def test_a_chunked_run_is_bit_identical_to_one_step_per_call(tmp_path, case):
+    """Weights, BN statistics, momentum, the training sums and every row of metrics.csv (its
+    iteration numbers included) of a run with 4 iterations per Lightning batch equal those of
+    1 per batch; the checkpoint counts its batches in its own unit."""
+    from .conftest import run_cli
+    runs = {}
+    for k in (1, 4):
+        run_cli(*SPC_BASE, *case, f"trainer.steps_per_call={k}", f"out_dir={tmp_path / str(k)}", timeout=300)
+        runs[k] = _final(tmp_path / str(k) / "resnet" / "resnet8")
+    (one, one_csv), (four, four_csv) = runs[1], runs[4]
+    assert one["global_step"] == four["global_step"]
+    for key in one["state_dict"]:
+        assert torch.equal(one["state_dict"][key], four["state_dict"][key]), key
+    for a, b in zip(one["optimizer_states"][0]["state"].values(), four["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert torch.equal(one["train_metric_sums"], four["train_metric_sums"])
+    assert one_csv == four_csv and "val/err" in one_csv
+    batches = lambda c: c["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]  # noqa: E731
+    assert batches(one) == one["global_step"] and batches(four) == four["global_step"] // 4

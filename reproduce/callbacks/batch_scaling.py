@@ -9,6 +9,7 @@ and `epoch`.
 """
 from __future__ import annotations
 
+from ..data.datamodule import StepChunk
 from ..lightning import Callback, completes_step, log_now
 from ..schedules import Schedule
 
@@ -18,14 +19,14 @@ def effective_batch(per_device: int, devices: int, accumulate: int) -> int:
 
 
 class BatchScaling(Callback):
-    def __init__(self, schedule: Schedule, datamodule, log_every: int):
-        self.schedule = schedule
-        self.datamodule, self.log_every = datamodule, log_every
+    def __init__(self, schedule: Schedule, log_every: int):
+        self.schedule, self.log_every = schedule, log_every
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step, accumulate = trainer.global_step, trainer.accumulate_grad_batches
         want = self.schedule.batch_size(step)
-        got = effective_batch(len(batch[1]), trainer.world_size, accumulate)
+        per_device = batch.batch_size if isinstance(batch, StepChunk) else len(batch[1])  # a chunk: each of its steps
+        got = effective_batch(per_device, trainer.world_size, accumulate)
         if got != want:
             raise RuntimeError(f"effective batch {got} at step {step} != scheduled {want}")
 
@@ -38,4 +39,4 @@ class BatchScaling(Callback):
         # the lr the optimizer actually used for this step, and the batch the loader delivered
         lr, b = trainer.optimizers[0].param_groups[0]["lr"], self.schedule.batch_size(step - 1)
         log_now(trainer, {"lr": lr, "batch_size": float(b), "temperature": lr / b,
-                          "epoch": self.schedule.examples(step) / self.datamodule.train_size}, step)
+                          "epoch": self.schedule.examples(step) / trainer.datamodule.train_size}, step)

@@ -37,11 +37,16 @@ class LRSchedule(Callback):
             self.drops.append(trainer.global_step)
             self.best, self.bad_evals = err, 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        lr = self.lr(trainer.global_step)
-        for opt in trainer.optimizers:
+    def apply(self, optimizers, step: int) -> None:
+        """Set the lr of optimizer step `step` (0-based); also what the iterations of a chunk after
+        its first call (ClassifierModule.set_lr)."""
+        lr = self.lr(step)
+        for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.apply(trainer.optimizers, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         threshold = self.schedule.warmup_until_err
