@@ -48,6 +48,9 @@ WARMUP_STEPS = 3  # eager steps per batch shape before its capture (PyTorch's CU
 # Lightning's per-batch work is a tenth per step, and a SIGTERM (acted on at a chunk's end) waits
 # at most 9 iterations
 AUTO_STEPS_PER_CALL = 10
+# Lightning's hooks around backward and the optimizer step, which the iterations of a chunk skip
+# (a reproduce.lightning.Callback leaves the ones it does not define as None)
+ITERATION_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
 
 
 def train_step_for(cfg, cuda_available: bool | None = None) -> str:
@@ -99,6 +102,11 @@ def steps_per_call_for(cfg, train_step: str, total_steps: int, phase_starts=(), 
     t = cfg.trainer
     blockers = [f"{type(c).__name__} needs every iteration's hooks (every_iteration)"
                 for c in callbacks if getattr(c, "every_iteration", False)]
+    # a chunk calls backward and the optimizer directly: no hooks of those, no fp16 loss scaling
+    blockers += [f"{type(c).__name__}.{hook} runs at every backward or optimizer step"
+                 for c in callbacks for hook in ITERATION_HOOKS if callable(getattr(c, hook, None))]
+    if str(t.precision) in ("16", "16-mixed"):
+        blockers.append(f"trainer.precision={t.precision} scales the loss with Lightning's GradScaler, which a chunk skips")
     if train_step not in ("manual", "cuda-graph"):
         blockers.append(f"it needs trainer.train_step manual or cuda-graph (this run steps with {train_step})")
     if t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single_device"):

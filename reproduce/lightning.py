@@ -46,10 +46,12 @@ class Callback(pl.Callback):
     "Speed": the package's own work over Lightning's floor fell from 821 calls a step to 364 with
     this and the other cuts listed there).
 
-    With `trainer.steps_per_call` K > 1 a Lightning batch is a chunk of K iterations, so the
-    per-step hooks run once per chunk, at its first iteration's start and its last one's end
-    (log, evaluation and checkpoint steps are always chunk ends). A callback that must see every
-    iteration says so with `every_iteration = True`; `auto` then runs one iteration per batch."""
+    With `trainer.steps_per_call` K > 1 a Lightning batch is a chunk of K iterations:
+    `on_train_batch_start`/`_end` run once per chunk, at its first iteration's start and its last
+    one's end (log, evaluation and checkpoint steps are always chunk ends), and the backward,
+    optimizer-step and zero-grad hooks do not run inside it, so a callback that defines one of
+    those gets one iteration per batch (graph_step.steps_per_call_for), as does one that says it
+    must see every iteration's batch hooks with `every_iteration = True`."""
 
     every_iteration = False
 
@@ -161,8 +163,8 @@ def align_batch_count(checkpoint: dict, micro_batches_per_step: int, steps_per_b
     if progress is None:
         return
     done = checkpoint["global_step"] * micro_batches_per_step
-    if done % steps_per_batch:
-        return  # a step inside a chunk (cannot happen: chunks end where checkpoints are taken)
+    if done % steps_per_batch:  # steps_per_call_for makes K divide the checkpoint's step
+        raise RuntimeError(f"a checkpoint at step {checkpoint['global_step']} cannot resume in chunks of {steps_per_batch}")
     shift = done // steps_per_batch - progress["total"]["processed"]
     for scope in ("total", "current"):
         for key in ("ready", "started", "processed", "completed"):

@@ -110,21 +110,24 @@ class ClassifierModule(pl.LightningModule):
     def _train_chunk(self, chunk: StepChunk) -> torch.Tensor:
         """The iterations of one chunk (trainer.steps_per_call, graph_step.py), each a whole step:
         its lr, its batch, gradients, the raw SGD step counted as Lightning counts it, and the
-        log of a log step. Lightning's per-step hooks are not called inside a chunk (no callback
-        of a chunked run has one but LRSchedule's, which `set_lr` is)."""
+        log of a log step. Lightning's backward, optimizer-step and zero-grad hooks are not called
+        inside a chunk (a run whose callbacks define one is not chunked: steps_per_call_for), and
+        its batch hooks run once per chunk (LRSchedule's lr is `set_lr` for the later iterations)."""
         trainer = self.trainer
         opt = self.optimizers().optimizer  # the torch optimizer: Lightning's wrapper costs ~300 calls a step
         step = trainer.global_step  # iterations done before the chunk
-        counts = self.counts
         for i in range(len(chunk)):
             if i:  # the chunk's first lr was set by LRSchedule.on_train_batch_start
                 self.set_lr(trainer.optimizers, step)
             x, y = chunk[i]
             step += 1
-            counts[0] += 1
-            counts[1] += len(y)
+            self.counts[0] += 1
+            self.counts[1] += len(y)
             loss = self._gradients(opt, x, y, torch.Tensor.backward)
             opt.step()
+            # Lightning runs the whole training_step in one autocast region; before 2.5.5 that
+            # region caches the bf16 casts of the weights, which the next iteration must not reuse
+            torch.clear_autocast_cache()
             count_optimizer_step(trainer)
             self._log_if_due(step)
         set_logger_step(trainer, step)

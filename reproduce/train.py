@@ -167,7 +167,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
         max_steps=schedule.total_steps, accumulate_grad_batches=cfg.trainer.accumulate,
         # in batches: micro-batches, or chunks of steps_per_call iterations (which divides eval_every)
         val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate // steps_per_call, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every // steps_per_call, logger=loggers, callbacks=callbacks,
+        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every, logger=loggers, callbacks=callbacks,
         enable_checkpointing=False, enable_model_summary=False, deterministic=cfg.trainer.deterministic,
         enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
         default_root_dir=str(run_dir),

@@ -212,7 +212,7 @@ def test_auto_steps_per_call_divides_every_period(overrides, kwargs, expected):
 
 
 def test_a_callback_that_needs_every_iteration_gets_one_per_batch():
-    from reproduce.callbacks import StopAtLastStep
+    from reproduce.callbacks import GradientNoiseScale, StopAtLastStep
     from reproduce.lightning import Callback
 
     class GradientHistogram(Callback):
@@ -222,6 +222,9 @@ def test_a_callback_that_needs_every_iteration_gets_one_per_batch():
             pass
 
     assert _steps_per_call(callbacks=[GradientHistogram()]) == 1
+    # hooked into backward (no every_iteration needed): the noise scale with an explicit manual step
+    assert _steps_per_call("trainer.noise_scale=true", callbacks=[GradientNoiseScale(4)]) == 1
+    assert _steps_per_call("trainer.precision=16-mixed", train_step="manual") == 1  # GradScaler
     assert _steps_per_call(callbacks=[StopAtLastStep()]) == 2  # the package's own act at chunk ends
     with pytest.raises(ConfigError, match="GradientHistogram needs every iteration"):
         _steps_per_call("trainer.steps_per_call=2", callbacks=[GradientHistogram()])

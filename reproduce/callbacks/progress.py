@@ -88,14 +88,16 @@ class SweepClock:
                 + (", continuing from its checkpoint" if resume else "")
                 + (f" (sweep ETA {duration(eta)})" if eta is not None else ""))
 
-    def tick(self, step: int) -> List[str]:
-        """After each iteration of the current run; returns the lines to print (the first estimate)."""
+    def tick(self, step: int, batch_steps: int = 1) -> List[str]:
+        """After each Lightning batch of the current run (`batch_steps` iterations: more than one
+        with trainer.steps_per_call), at iteration `step`; returns the lines to print (the first
+        estimate)."""
         if self._current is None:
             return []
         now = self.clock()
         if self._t_first is None:  # the first iteration carries the warm-up (allocation, cudnn, compile): not timed
             self._t_first, self._step_first = now, step
-            self._current.start_step = step - 1  # > 0 when the run continued from its checkpoint
+            self._current.start_step = step - batch_steps  # > 0 when the run continued from its checkpoint
         self._step = step
         if not self.told_estimate and step - self._step_first >= 2 and now - self._t_first >= FIRST_ESTIMATE_AFTER_S:
             return self._estimate_lines()
@@ -194,7 +196,7 @@ class EvalLines(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not trainer.is_global_zero or self.sweep.index(self.name) is None:
             return
-        for line in self.sweep.tick(trainer.global_step):
+        for line in self.sweep.tick(trainer.global_step, pl_module.steps_per_call):
             self._print(trainer, line)
         bar = self._bar(trainer)
         if bar is not None and time.monotonic() - self._described >= 1.0:
