@@ -7,7 +7,8 @@ and the training-metric sums of one batch shape once (`torch.cuda.graph`) and th
 as a single launch per step. What stays outside the graph, per step:
   - the batch: sampled and augmented on the device as before (a generator seeded by the step, so
     a resumed run draws the same crops), then copied into the graph's static input;
-  - the optimizer step, through Lightning (`opt.step()`), so `global_step`, the checkpoint's
+  - the optimizer step, through Lightning (`opt.step()`; inside a chunk of steps_per_call, the
+    torch optimizer's, counted as Lightning counts it), so `global_step`, the checkpoint's
     optimizer state and the lr schedule (a float set per step by LRSchedule) work unchanged; on
     CUDA it is the fused SGD kernel.
 The forward and backward inside the graph are the same operations as eager; only their launch
