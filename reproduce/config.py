@@ -96,8 +96,8 @@ class TrainerConfig:
     # backward replayed as one CUDA graph), else lightning; or lightning | manual | cuda-graph
     train_step: str = "auto"
     # iterations per Lightning batch (graph_step.py): 0 = auto, the largest divisor up to 10 of
-    # log_every, eval_every, checkpoint_every, the run's length and its batch-size phases, on one
-    # device with a manual or cuda-graph step (else 1); or a K that divides them
+    # log_every, eval_every, checkpoint_every, the run's length and its batch-size phases where a
+    # chunk can run (one device, manual or cuda-graph step; else 1); or a K that divides them
     steps_per_call: int = 0
     deterministic: bool = False
     progress: bool = True
@@ -368,9 +368,7 @@ def validate(cfg: DictConfig) -> None:
     if d.batch_size % per_device:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "
                           f"= {per_device}; choose a multiple of {per_device}")
-    # an explicit trainer.train_step or steps_per_call this run cannot use fails here, in one line
-    schedule = Schedule.for_run(cfg)
-    steps_per_call_for(cfg, train_step_for(cfg), schedule.total_steps, schedule.batch_phase_starts())
+    train_step = train_step_for(cfg)  # an explicit trainer.train_step this run cannot use fails here, in one line
     if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
         raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
     if s.warmup == "gradual" and s.warmup_steps <= 0:
@@ -385,6 +383,9 @@ def validate(cfg: DictConfig) -> None:
         check_name(name)
     for name in cfg.per_model:
         check_name(name)
+    # and an explicit trainer.steps_per_call, once the schedule it must divide is known to be valid
+    schedule = Schedule.for_run(cfg)
+    steps_per_call_for(cfg, train_step, schedule.total_steps, schedule.batch_phase_starts())
 
 
 def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:

@@ -38,8 +38,8 @@ class LRSchedule(Callback):
             self.best, self.bad_evals = err, 0
 
     def apply(self, optimizers, step: int) -> None:
-        """Set the lr of optimizer step `step` (0-based); also what the iterations of a chunk after
-        its first call (ClassifierModule.set_lr)."""
+        """Set the lr of optimizer step `step` (0-based). Before every Lightning batch, and for the
+        later iterations of a chunk of trainer.steps_per_call (ClassifierModule.set_lr)."""
         lr = self.lr(step)
         for opt in optimizers:
             for group in opt.param_groups:
