@@ -169,8 +169,8 @@ class Interleaved(Callback):
     """Alternates the plain loop and the fit it rides in, `window` steps each, `pairs` times.
 
     At the first batch start at or after optimizer step `start`, and then at the first one at
-    least `window` steps after the last mark, it closes the fit's window i - 1, runs the plain
-    loop for `window` steps (timed), and opens window i, so each pair is two neighbouring slices
+    least `window` steps after the last mark, it closes the fit's open window, runs the plain
+    loop for `window` steps (timed), and opens the fit's next window, so each pair is two neighbouring slices
     of the same second of the machine's life: a slow spell of a shared machine hits both. A fit
     that runs K iterations per Lightning batch (trainer.steps_per_call) has batch starts only
     every K steps, so its windows are `window` steps rounded up to whole chunks: `fit_steps`

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import pytorch_lightning as pl
 import torch
 
 from .errors import ConfigError
@@ -95,17 +96,26 @@ def train_step_for(cfg, cuda_available: bool | None = None) -> str:
     return t.train_step
 
 
+def callback_blockers(callbacks) -> list[str]:
+    """Why these callbacks rule out chunks: one that must see every iteration's batch hooks
+    (`every_iteration`), or that defines a hook a chunk does not call (ITERATION_HOOKS; pl.Callback's
+    own empty ones do not count)."""
+    def defines(c, hook):
+        return callable(getattr(c, hook, None)) and getattr(type(c), hook, None) is not getattr(pl.Callback, hook)
+    return ([f"{type(c).__name__} needs every iteration's hooks (every_iteration)"
+             for c in callbacks if getattr(c, "every_iteration", False)]
+            + [f"{type(c).__name__}.{hook} runs at every backward or optimizer step"
+               for c in callbacks for hook in ITERATION_HOOKS if defines(c, hook)])
+
+
 def steps_per_call_for(cfg, train_step: str, total_steps: int, phase_starts=(), fault_step: int | None = None,
                        resume_step: int | None = None, callbacks=()) -> int:
     """The resolved `trainer.steps_per_call`: K iterations per Lightning batch (see the module's
     docstring), 1 where a chunk cannot run; a one-line error for an explicit K that cannot.
     `callbacks`: the run's; one with `every_iteration` (reproduce.lightning.Callback) rules chunks out."""
     t = cfg.trainer
-    blockers = [f"{type(c).__name__} needs every iteration's hooks (every_iteration)"
-                for c in callbacks if getattr(c, "every_iteration", False)]
-    # a chunk calls backward and the optimizer directly: no hooks of those, no fp16 loss scaling
-    blockers += [f"{type(c).__name__}.{hook} runs at every backward or optimizer step"
-                 for c in callbacks for hook in ITERATION_HOOKS if callable(getattr(c, hook, None))]
+    blockers = callback_blockers(callbacks)
+    # a chunk calls backward and the optimizer directly: no fp16 loss scaling
     if str(t.precision) in ("16", "16-mixed"):
         blockers.append(f"trainer.precision={t.precision} scales the loss with Lightning's GradScaler, which a chunk skips")
     if train_step not in ("manual", "cuda-graph"):

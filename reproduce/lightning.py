@@ -149,9 +149,9 @@ def set_logger_step(trainer: pl.Trainer, iteration: int) -> None:
 BATCH_PROGRESS = "epoch_loop.batch_progress"
 
 
-def align_batch_count(checkpoint: dict, micro_batches_per_step: int, steps_per_batch: int) -> None:
+def align_batch_count(checkpoint: dict, micro_batches_per_step: int, steps_per_call: int) -> None:
     """Make the checkpoint's count of training batches the one this run would have reached at its
-    step: `global_step x micro_batches_per_step / steps_per_batch`.
+    step: `global_step x micro_batches_per_step / steps_per_call`.
 
     Lightning restores how many batches of the (one) epoch were done and decides evaluations and
     the epoch's end by that count, so a run resumed with another `trainer.steps_per_call` (a
@@ -163,9 +163,9 @@ def align_batch_count(checkpoint: dict, micro_batches_per_step: int, steps_per_b
     if progress is None:
         return
     done = checkpoint["global_step"] * micro_batches_per_step
-    if done % steps_per_batch:  # steps_per_call_for makes K divide the checkpoint's step
-        raise RuntimeError(f"a checkpoint at step {checkpoint['global_step']} cannot resume in chunks of {steps_per_batch}")
-    shift = done // steps_per_batch - progress["total"]["processed"]
+    if done % steps_per_call:  # steps_per_call_for makes K divide the checkpoint's step
+        raise RuntimeError(f"a checkpoint at step {checkpoint['global_step']} cannot resume in chunks of {steps_per_call}")
+    shift = done // steps_per_call - progress["total"]["processed"]
     for scope in ("total", "current"):
         for key in ("ready", "started", "processed", "completed"):
             progress[scope][key] += shift

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .data.datamodule import StepChunk
-from .graph_step import GraphedStep
+from .errors import ConfigError
+from .graph_step import GraphedStep, callback_blockers
 from .lightning import (align_batch_count, attached_trainer, carry_step_count, completes_step, count_optimizer_step,
                         iteration_in_progress, log_now, set_logger_step)
 
@@ -163,6 +164,11 @@ class ClassifierModule(pl.LightningModule):
         log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
 
     def on_train_start(self):
+        # the callbacks steps_per_call_for saw are build_run's; one added later (configure_callbacks,
+        # a Trainer built elsewhere) that a chunk would skip fails here, before any step
+        blockers = callback_blockers(self.trainer.callbacks) if self.steps_per_call > 1 else []
+        if blockers:
+            raise ConfigError(f"trainer.steps_per_call={self.steps_per_call}: {'; '.join(blockers)} (use 1)")
         # moved once, before any capture: a CUDA graph keeps the address of these sums
         self.loss_sum, self.wrong_sum = self.loss_sum.to(self.device), self.wrong_sum.to(self.device)
 

@@ -204,8 +204,9 @@ def _steps_per_call(*overrides, train_step=None, fault_step=None, resume_step=No
     ((), {"fault_step": 7}, 1),                               # a "step" fault ends a chunk where it fires
     ((), {"resume_step": 5}, 1),                              # a SIGTERM checkpoint at an odd step
     ((), {"resume_step": 4}, 2),
-    (("schedule.decay=batch", "data.batch_size=16", "schedule.max_steps=16", "schedule.milestones=[8,12]",
-      "trainer.log_every=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"), {}, 1),  # phases at 8, 10
+    # a batch-size schedule: 8 steps at 16, 2 at 32, 2 at 64 (12 in all); the phase at step 10 makes it 2, not 4
+    (("schedule.decay=batch", "data.batch_size=16", "schedule.max_steps=20", "schedule.milestones=[8,12]",
+      "trainer.log_every=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"), {}, 2),
 ])
 def test_auto_steps_per_call_divides_every_period(overrides, kwargs, expected):
     assert _steps_per_call(*overrides, **kwargs) == expected
@@ -223,7 +224,17 @@ def test_a_callback_that_needs_every_iteration_gets_one_per_batch():
 
     assert _steps_per_call(callbacks=[GradientHistogram()]) == 1
     # hooked into backward (no every_iteration needed): the noise scale with an explicit manual step
-    assert _steps_per_call("trainer.noise_scale=true", callbacks=[GradientNoiseScale(4)]) == 1
+    assert _steps_per_call("trainer.noise_scale=true", train_step="manual", callbacks=[GradientNoiseScale(4)]) == 1
+
+    class GradientNorm(Callback):  # only a backward hook
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    assert _steps_per_call(callbacks=[GradientNorm()]) == 1
+    with pytest.raises(ConfigError, match="GradientNorm.on_after_backward runs at every backward"):
+        _steps_per_call("trainer.steps_per_call=2", callbacks=[GradientNorm()])
+    import pytorch_lightning as pl
+    assert _steps_per_call(callbacks=[pl.Callback()]) == 2  # Lightning's own empty hooks are no reason
     assert _steps_per_call("trainer.precision=16-mixed", train_step="manual") == 1  # GradScaler
     assert _steps_per_call(callbacks=[StopAtLastStep()]) == 2  # the package's own act at chunk ends
     with pytest.raises(ConfigError, match="GradientHistogram needs every iteration"):
@@ -251,15 +262,14 @@ def test_batch_count_follows_the_resuming_runs_unit():
 
     # written by a run of chunks of 10 at step 40 (in on_train_batch_end: the batch not yet completed)
     c = ckpt(40, 4, completed_lag=1)
-    align_batch_count(c, micro_batches_per_step=1, steps_per_batch=1)
+    align_batch_count(c, micro_batches_per_step=1, steps_per_call=1)
     assert c["loops"]["fit_loop"][BATCH_PROGRESS]["total"] == {"ready": 40, "started": 40, "processed": 40, "completed": 39}
     align_batch_count(c, 1, 10)  # and back
     assert c["loops"]["fit_loop"][BATCH_PROGRESS]["current"] == {"ready": 4, "started": 4, "processed": 4, "completed": 3}
-    for args in ((1, 10), (1, 10)):  # the same unit: untouched
-        before = copy.deepcopy(c)
-        align_batch_count(c, *args)
-        assert c == before
-    c = ckpt(40, 80)  # accumulating 2 micro-batches a step, resumed with 1 step per batch of 2
+    before = copy.deepcopy(c)  # the same unit: untouched
+    align_batch_count(c, 1, 10)
+    assert c == before
+    c = ckpt(40, 40)  # one micro-batch a step, resumed accumulating 2 per step
     align_batch_count(c, 2, 1)
     assert c["loops"]["fit_loop"][BATCH_PROGRESS]["total"]["processed"] == 80
 
@@ -306,3 +316,21 @@ def test_a_chunked_run_is_bit_identical_to_one_step_per_call(tmp_path, case):
     assert one_csv == four_csv and "val/err" in one_csv
     batches = lambda c: c["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]  # noqa: E731
     assert batches(one) == one["global_step"] and batches(four) == four["global_step"] // 4
+
+
+def test_a_blocking_callback_added_at_fit_time_stops_a_chunked_run(tmp_path):
+    """build_run decides K from its own callbacks; one added through Lightning's
+    `configure_callbacks` (as the bench adds its timer) is checked when training starts."""
+    from reproduce.bench import extra_callbacks
+    from reproduce.lightning import Callback
+    from reproduce.train import run_one
+
+    class GradientNorm(Callback):
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    c = cfg("models=[resnet8]", "wandb.mode=disabled", "trainer.threads=1")
+    with extra_callbacks([GradientNorm()]):
+        status = run_one(c, tmp_path / "run", group="test")
+    assert status["status"] == "failed" and status["step"] == 0
+    assert "trainer.steps_per_call=2: GradientNorm.on_after_backward" in status["error"]

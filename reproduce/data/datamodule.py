@@ -113,6 +113,9 @@ class TrainBatches:
                 if len(chunk) == self.steps_per_call:
                     yield StepChunk(self.x, self.y, chunk, first)
                     chunk, first = [], step + 1
+            if chunk:  # steps_per_call_for makes K divide the run's length and its resume step
+                raise ValueError(f"steps {first}..{self.schedule.total_steps} do not make whole chunks of "
+                                 f"{self.steps_per_call}")
             return
         for step, idx in self._step_indices():
             micro = len(idx) // (self.accumulate * self.world)
