@@ -112,7 +112,7 @@ def steps_per_call_for(cfg, train_step: str, total_steps: int, phase_starts=(), 
                        resume_step: int | None = None, callbacks=()) -> int:
     """The resolved `trainer.steps_per_call`: K iterations per Lightning batch (see the module's
     docstring), 1 where a chunk cannot run; a one-line error for an explicit K that cannot.
-    `callbacks`: the run's; one with `every_iteration` (reproduce.lightning.Callback) rules chunks out."""
+    `callbacks`: the run's; `callback_blockers` says which of them rule chunks out."""
     t = cfg.trainer
     blockers = callback_blockers(callbacks)
     # a chunk calls backward and the optimizer directly: no fp16 loss scaling
