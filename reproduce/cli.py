@@ -15,13 +15,11 @@ from pathlib import Path
 import pytorch_lightning  # noqa: F401  (imported before quiet_libraries: it sets its loggers' levels on import)
 from omegaconf import OmegaConf
 
-from .bench import main as bench_main
 from .callbacks.checkpoint import Fault
-from .callbacks.progress import SWEEP
 from .config import CONFIG_DIR, ConfigError, _merge, apply_override, compose, derive, experiments, load_yaml, new_config, validate
 from .data.cifar10 import DataError
 from .data.datamodule import train_size_of
-from .experiments import KINDS, run_experiment
+from .experiments import failed_runs, kind_of, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
 from .sweep import DEBUG_ENV, SWEEP_CONFIG
@@ -29,8 +27,7 @@ from .wandb_report import main as report_main
 
 USAGE = """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
        python -m reproduce list
-       python -m reproduce report RUN_DIR [--dry-run] [--entity E] [--project P]
-       python -m reproduce bench [--json] [--quick]"""
+       python -m reproduce report RUN_DIR [--dry-run] [--entity E] [--project P]"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def dry_run(cfg) -> str:
     lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
-    plans = KINDS[cfg.kind].plans(cfg)
+    plans = kind_of(cfg).plans(cfg)
     shown = {}
     for name, run in plans:
         sched = Schedule.for_run(run)
@@ -134,8 +131,6 @@ def _main(argv) -> int:
         return 0
     if argv[0] == "report":
         return report_main(argv[1:])
-    if argv[0] == "bench":
-        return bench_main(argv[1:])
     args = _parser().parse_intermixed_args(argv)
     Fault.spec_parts()  # a malformed REPRODUCE_FAULT fails here, in one line, before any run
     if args.resume is not None:
@@ -143,15 +138,17 @@ def _main(argv) -> int:
     else:
         profile = "quick" if args.quick else "smoke" if args.smoke else "paper"
         cfg = compose(args.experiment, profile, args.overrides)
+    kind = kind_of(cfg)
     if args.dry_run:
         print(dry_run(cfg))
         return 0
     outputs = run_experiment(cfg, overwrite=args.overwrite)
     for name, path in outputs.items():
         print(f"{name}: {path}")
-    failed = SWEEP.failed()
+    failed = failed_runs(cfg)
     if failed:  # the report marks them FAILED; the exit status tells scripts and CI
-        print(f"error: {len(failed)} of {len(SWEEP.runs)} runs failed ({', '.join(failed)}); "
+        total = len([n for n, _ in kind.plans(cfg) if not cfg.only or n in cfg.only])
+        print(f"error: {len(failed)} of {total} runs failed ({', '.join(failed)}); "
               f"see their status.json, or results.md", file=sys.stderr)
         return 1
     return 0

@@ -19,8 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .graph_step import TRAIN_STEPS, steps_per_call_for, train_step_for
-from .models import check_name
+from .model_names import check_name
 from .schedules import Schedule
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -92,13 +91,9 @@ class TrainerConfig:
     # auto: reduce-overhead (CUDA graphs: a ResNet-20 step at batch 128 is launch-bound on a large
     # GPU) on CUDA, default elsewhere; or default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "auto"
-    # how each step runs (graph_step.py): auto = cuda-graph on one CUDA device (forward and
-    # backward replayed as one CUDA graph), else lightning; or lightning | manual | cuda-graph
+    # the one training step (module.py), eager or replayed as a CUDA graph (graph_step.py):
+    # auto = cuda-graph where it can run (one CUDA device, see graph_blockers), else eager
     train_step: str = "auto"
-    # iterations per Lightning batch (graph_step.py): 0 = auto, the largest divisor up to 10 of
-    # log_every, eval_every, checkpoint_every, the run's length and its batch-size phases where a
-    # chunk can run (one device, manual or cuda-graph step; else 1); or a K that divides them
-    steps_per_call: int = 0
     deterministic: bool = False
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
@@ -147,7 +142,7 @@ class SweepConfig:
 @dataclass
 class RunConfig:
     experiment: str = "resnet"
-    kind: str = "curves"  # curves | temperature | batch_scaling | imagenet
+    kind: str = "curves"  # one of experiments.KINDS: curves | temperature | batch_scaling | imagenet
     profile: str = "paper"
     description: str = ""
     models: List[str] = field(default_factory=lambda: ["resnet20"])
@@ -167,7 +162,6 @@ class RunConfig:
 
 
 CHOICES = {
-    "kind": ("curves", "temperature", "batch_scaling", "imagenet"),
     "profile": PROFILES,
     "data.dataset": ("cifar10", "synthetic", "imagefolder"),
     "schedule.scaling": ("linear", "sqrt", "none"),
@@ -175,11 +169,11 @@ CHOICES = {
     "schedule.warmup": ("none", "gradual", "constant"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
     "trainer.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "trainer.train_step": TRAIN_STEPS,
+    "trainer.train_step": ("auto", "eager", "cuda-graph"),
 }
 
 
-COMMANDS = ("list", "report", "bench")  # `python -m reproduce COMMAND`: never an experiment's name
+COMMANDS = ("list", "report")  # `python -m reproduce COMMAND`: never an experiment's name
 
 
 def experiments(config_dir: Path = CONFIG_DIR) -> List[str]:
@@ -368,7 +362,9 @@ def validate(cfg: DictConfig) -> None:
     if d.batch_size % per_device:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by devices x nodes x accumulate "
                           f"= {per_device}; choose a multiple of {per_device}")
-    train_step = train_step_for(cfg)  # an explicit trainer.train_step this run cannot use fails here, in one line
+    blockers = graph_blockers(t)
+    if t.train_step == "cuda-graph" and blockers:
+        raise ConfigError(f"trainer.train_step=cuda-graph: {'; '.join(blockers)} (use auto or eager)")
     if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
         raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
     if s.warmup == "gradual" and s.warmup_steps <= 0:
@@ -383,9 +379,28 @@ def validate(cfg: DictConfig) -> None:
         check_name(name)
     for name in cfg.per_model:
         check_name(name)
-    # and an explicit trainer.steps_per_call, once the schedule it must divide is known to be valid
-    schedule = Schedule.for_run(cfg)
-    steps_per_call_for(cfg, train_step, schedule.total_steps, schedule.batch_phase_starts())
+    Schedule.for_run(cfg)  # a schedule that cannot be built fails here, in one line
+
+
+def graph_blockers(t) -> List[str]:
+    """Why a CUDA graph cannot capture the step of a run with trainer config `t`, whatever the
+    machine (graph_step.uses_cuda_graph adds the device)."""
+    blockers = []
+    if t.devices != 1 or t.num_nodes != 1:
+        blockers.append(f"it needs trainer.devices=1 and trainer.num_nodes=1, got {t.devices} and {t.num_nodes} "
+                        f"(DDP's gradient all-reduce is not captured)")
+    if t.strategy not in ("auto", "single_device"):
+        blockers.append(f"it needs trainer.strategy=auto, got {t.strategy} (a strategy's backward hooks are not captured)")
+    if str(t.precision) in ("16", "16-mixed"):
+        blockers.append(f"trainer.precision={t.precision} scales the loss with a GradScaler outside the graph "
+                        f"(use bf16-mixed or 32-true)")
+    if t.accumulate != 1:
+        blockers.append("it needs trainer.accumulate=1")
+    if t.compile:
+        blockers.append("trainer.compile=true captures its own graphs")
+    if t.noise_scale:
+        blockers.append("trainer.noise_scale hooks into every backward")
+    return blockers
 
 
 def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:

@@ -12,11 +12,13 @@ from typing import Callable, Dict, List
 from pytorch_lightning.utilities import rank_zero_only
 
 from .batch_scaling import batch_scaling_plans, run_batch_scaling
-from .config import for_model
+from .config import _suggest, for_model
+from .errors import ConfigError
 from .data.datamodule import load_arrays
 from .data.imagefolder import ImageFolderDataModule, make_tiny_imagefolder
 from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
-from .sweep import TINY_IMAGEFOLDER, prepare_sweep, run_name, run_plans
+from .runs import read_status
+from .sweep import TINY_IMAGEFOLDER, experiment_dir, prepare_sweep, run_name, run_plans
 from .temperature import run_temperature, temperature_plans
 from .wandb_io import curve_rows, log_experiment_summary
 
@@ -58,7 +60,22 @@ KINDS: Dict[str, Kind] = {
 }
 
 
+def kind_of(cfg) -> Kind:
+    """The kind `cfg.kind` names; an unknown one fails in one line, before anything runs."""
+    if cfg.kind not in KINDS:
+        raise ConfigError(f"kind={cfg.kind!r} is not valid{_suggest(cfg.kind, list(KINDS))}; "
+                          f"choose one of: {', '.join(KINDS)}")
+    return KINDS[cfg.kind]
+
+
+def failed_runs(cfg) -> List[str]:
+    """The runs of this sweep (those of `only` when set) whose status.json says failed."""
+    names = [name for name, _ in kind_of(cfg).plans(cfg) if not cfg.only or name in cfg.only]
+    return [name for name in names if read_status(experiment_dir(cfg) / name).get("status") == "failed"]
+
+
 def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
+    kind = kind_of(cfg)
     if cfg.data.dataset in ("cifar10", "synthetic"):
         load_arrays(cfg.data)  # missing or broken data fails here, before any directory is made
     elif cfg.data.root != TINY_IMAGEFOLDER:
@@ -67,4 +84,4 @@ def run_experiment(cfg, overwrite: bool = False) -> Dict[str, Path]:
     if cfg.data.root == TINY_IMAGEFOLDER:
         root = make_tiny_imagefolder(exp_dir / "tiny-imagefolder")
         cfg.data.root = str(root)
-    return KINDS[cfg.kind].run(cfg, exp_dir, group)
+    return kind.run(cfg, exp_dir, group)

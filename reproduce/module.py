@@ -14,21 +14,19 @@ every rank before each forward, which would replace each rank's sums with rank 0
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from .data.datamodule import StepChunk
-from .errors import ConfigError
-from .graph_step import GraphedStep, callback_blockers
-from .lightning import (align_batch_count, attached_trainer, carry_step_count, completes_step, count_optimizer_step,
-                        iteration_in_progress, log_now, set_logger_step)
+from .graph_step import GraphedStep
+from .lightning import iteration_in_progress, log_now
+from .models import build
 
 
 TRAIN_SUMS = "train_metric_sums"  # checkpoint key of ClassifierModule.train_sums
+PIXEL_MEAN = "pixel_mean"  # checkpoint key of the training split's per-pixel mean (Section 4.2)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,27 +34,42 @@ class NonFiniteLoss(RuntimeError):
 
 
 class ClassifierModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim_cfg, log_every: int = 50,
+    """One training step on Lightning's manual optimization: the package sets the lr, cuts the
+    batches and keeps the metric sums itself, so Lightning's automatic loop would add nothing.
+    A Lightning batch is one micro-batch; with `accumulate` N an iteration is N of them, the
+    optimizer stepping after the last (as Lightning documents gradient accumulation for manual
+    optimization). `cuda_graph`: forward, loss and backward replayed as one CUDA graph (graph_step.py).
+
+    `model` is a model name (`models.build`), or a net already built (then the checkpoint cannot
+    rebuild it alone). With a name, `ClassifierModule.load_from_checkpoint(path)` needs nothing
+    else: the arguments are the checkpoint's hyperparameters (plain values, so it loads with
+    `weights_only=True`)."""
+
+    def __init__(self, model: str | torch.nn.Module = "resnet20", optim_cfg=None, log_every: int = 50,
                  channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test"),
-                 train_step: str = "lightning", steps_per_call: int = 1,
-                 set_lr: Callable[[list, int], None] | None = None):
+                 accumulate: int = 1, cuda_graph: bool = False, model_options: dict | None = None):
         super().__init__()
-        # graph_step.py: "lightning" (automatic optimization), "manual" or "cuda-graph"
-        self.train_step_mode = train_step
-        # iterations per Lightning batch (graph_step.py); inside a chunk `set_lr(optimizers, step)`
-        # (LRSchedule.apply) sets each iteration's lr, as LRSchedule does before every batch
-        if steps_per_call > 1 and set_lr is None:
-            raise ValueError("steps_per_call > 1 needs set_lr: the iterations inside a chunk set their own lr")
-        self.steps_per_call, self.set_lr = steps_per_call, set_lr
-        self.automatic_optimization = train_step == "lightning"
-        self.graphs: dict[tuple, GraphedStep] = {}  # batch shape -> its captured step (cuda-graph)
+        optim = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False}  # Section 4.2
+        optim.update({k: optim_cfg[k] for k in optim} if optim_cfg is not None else {})
+        model_options = dict(model_options or {})
+        if isinstance(model, str):
+            self.save_hyperparameters({"model": model, "optim_cfg": optim, "log_every": log_every,
+                                       "channels_last": channels_last, "num_classes": num_classes,
+                                       "eval_splits": list(eval_splits), "accumulate": accumulate,
+                                       "cuda_graph": cuda_graph, "model_options": model_options}, logger=False)
+            model = build(model, num_classes=num_classes, **model_options)
+        self.automatic_optimization = False
+        self.accumulate, self.cuda_graph = accumulate, cuda_graph
+        self.micro_batch = 0  # which micro-batch of the iteration the step is computing (0 .. accumulate - 1)
+        self.stepped = False  # whether the last training batch ended with an optimizer step (callbacks read it)
+        self.graphs: dict[tuple, GraphedStep] = {}  # batch shape -> its captured step
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
-        self.optim_cfg, self.log_every, self.channels_last = optim_cfg, log_every, channels_last
+        self.optim_cfg, self.log_every, self.channels_last = optim, log_every, channels_last
         # since the last log step: the sum of micro-batch losses and of wrong predictions (device),
         # micro-batches and examples (host). No NaN check per step (it would sync the host): a
         # non-finite loss is caught at the next log step instead (NonFiniteLoss)
         self.loss_sum, self.wrong_sum = torch.zeros(()), torch.zeros(())
-        self.counts = [0, 0]  # a list, not two attributes: nn.Module's __setattr__ costs per step
+        self.counts = [0, 0]
         # one accuracy per evaluation loader, in the order the DataModule returns them
         self.eval_splits = tuple(eval_splits)
         self.eval_acc = torch.nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in eval_splits)
@@ -90,61 +103,29 @@ class ClassifierModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        if isinstance(batch, StepChunk):
-            return self._train_chunk(batch)
         x, y = batch
-        step = iteration_in_progress(self.trainer)  # before a manual opt.step() advances global_step
-        counts = self.counts
-        counts[0] += 1
-        counts[1] += len(y)
-        if self.automatic_optimization:
-            loss = self.loss_and_sums(x, y)  # Lightning runs backward and the optimizer step
-            if not completes_step(self.trainer):
-                return loss
-        else:
-            opt = self.optimizers()
-            loss = self._gradients(opt, x, y, self.manual_backward)
-            opt.step()
-        self._log_if_due(step)
-        return loss
-
-    def _train_chunk(self, chunk: StepChunk) -> torch.Tensor:
-        """The iterations of one chunk (trainer.steps_per_call, graph_step.py), each a whole step:
-        its lr, its batch, gradients, the raw SGD step counted as Lightning counts it, and the
-        log of a log step. Lightning's backward, optimizer-step and zero-grad hooks are not called
-        inside a chunk (a run whose callbacks define one is not chunked: steps_per_call_for), and
-        its batch hooks run once per chunk (LRSchedule's lr is `set_lr` for the later iterations)."""
-        trainer = self.trainer
-        opt = self.optimizers().optimizer  # the torch optimizer: Lightning's wrapper costs ~300 calls a step
-        step = trainer.global_step  # iterations done before the chunk
-        for i in range(len(chunk)):
-            if i:  # the chunk's first lr was set by LRSchedule.on_train_batch_start
-                self.set_lr(trainer.optimizers, step)
-            x, y = chunk[i]
-            step += 1
-            self.counts[0] += 1
-            self.counts[1] += len(y)
-            loss = self._gradients(opt, x, y, torch.Tensor.backward)
-            opt.step()
-            # Lightning runs the whole training_step in one autocast region; before 2.5.5 that
-            # region caches the bf16 casts of the weights, which the next iteration must not reuse
-            torch.clear_autocast_cache()
-            count_optimizer_step(trainer)
-            self._log_if_due(step)
-        set_logger_step(trainer, step)
-        return loss
-
-    def _gradients(self, opt, x: torch.Tensor, y: torch.Tensor, backward) -> torch.Tensor:
-        """Forward, loss, metric sums and backward of one batch (replayed as one CUDA graph with
-        `cuda-graph`); the caller steps the optimizer."""
-        if self.train_step_mode == "cuda-graph":
+        opt = self.optimizers()
+        self.counts[0] += 1
+        self.counts[1] += len(y)
+        if self.cuda_graph:  # one micro-batch per iteration (graph_step.train_step_for)
             key = (tuple(x.shape), tuple(y.shape), x.dtype)
             if key not in self.graphs:
                 self.graphs[key] = GraphedStep(list(self.parameters()), x, y, self.loss_and_sums, self.channels_last)
-            return self.graphs[key](x, y)
-        opt.zero_grad()
-        loss = self.loss_and_sums(x, y)
-        backward(loss)
+            loss = self.graphs[key](x, y)
+        else:
+            if self.micro_batch == 0:
+                opt.zero_grad()
+            loss = self.loss_and_sums(x, y)
+            # the mean over the iteration's examples: each micro-batch's mean divided by their number
+            self.manual_backward(loss / self.accumulate if self.accumulate > 1 else loss)
+        self.stepped = self.micro_batch == self.accumulate - 1
+        if self.stepped:
+            step = iteration_in_progress(self.trainer)  # before opt.step() advances global_step
+            opt.step()
+            self.micro_batch = 0
+            self._log_if_due(step)
+        else:
+            self.micro_batch += 1
         return loss
 
     def _log_if_due(self, step: int) -> None:
@@ -164,11 +145,6 @@ class ClassifierModule(pl.LightningModule):
         log_now(self.trainer, {"train/loss": float(loss_value), "train/err": self.last_train_err}, step)
 
     def on_train_start(self):
-        # the callbacks steps_per_call_for saw are build_run's; one added later (configure_callbacks,
-        # a Trainer built elsewhere) that a chunk would skip fails here, before any step
-        blockers = callback_blockers(self.trainer.callbacks) if self.steps_per_call > 1 else []
-        if blockers:
-            raise ConfigError(f"trainer.steps_per_call={self.steps_per_call}: {'; '.join(blockers)} (use 1)")
         # moved once, before any capture: a CUDA graph keeps the address of these sums
         self.loss_sum, self.wrong_sum = self.loss_sum.to(self.device), self.wrong_sum.to(self.device)
 
@@ -177,58 +153,82 @@ class ClassifierModule(pl.LightningModule):
         # before the final test (and before the next run when a sweep shares the process)
         self.graphs.clear()
 
+    def _attached_trainer(self) -> pl.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # used outside a Trainer
+            return None
+
     def on_save_checkpoint(self, checkpoint):
         sums = self.train_sums  # built fresh: nothing shared with the running sums
-        trainer = attached_trainer(self)
+        trainer = self._attached_trainer()
         if trainer is not None and trainer.world_size > 1:
             # only rank 0's checkpoint is written, so it carries every rank's sums (every rank
             # saves at the same step boundary, so this collective is matched)
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
         checkpoint[TRAIN_SUMS] = sums.cpu()
+        mean = getattr(trainer.datamodule, "mean", None) if trainer is not None else None
+        if torch.is_tensor(mean):  # what a user of the trained net subtracts (load_classifier)
+            checkpoint[PIXEL_MEAN] = mean.cpu()
 
     def on_load_checkpoint(self, checkpoint):
-        # a run may resume with another train step (a GPU run continued on a CPU): Lightning counts
-        # automatic and manual optimizer steps apart, so the count moves to the one this run uses
-        carry_step_count(checkpoint, self.automatic_optimization)
-        # and the count of batches done moves to this run's batch (a chunk of steps_per_call iterations)
-        trainer = attached_trainer(self)
-        if trainer is not None:
-            align_batch_count(checkpoint, trainer.accumulate_grad_batches, self.steps_per_call)
         # SGD's kernel choice is saved in its param groups and load_state_dict would bring it back:
-        # a cuda-graph checkpoint resumed on a CPU must not ask for the fused CUDA kernel, nor a
-        # lightning checkpoint resumed as cuda-graph lose it
+        # a CUDA-graph checkpoint resumed on a CPU must not ask for the fused CUDA kernel
         for opt_state in checkpoint.get("optimizer_states", []):
             for group in opt_state.get("param_groups", []):
                 group.update(self.sgd_kernel())
-        state = checkpoint["state_dict"]
         if TRAIN_SUMS in checkpoint:
+            # the saved sums are those of all ranks together: rank 0 continues them, the others restart at 0
             sums = checkpoint[TRAIN_SUMS].clone()
-        elif "train_loss.mean_value" in state:  # before the on-device sums: torchmetrics MeanMetric states
-            sums = torch.stack([state.pop("train_loss.mean_value"), state.pop("train_loss.weight"),
-                                state.pop("train_err.mean_value"), state.pop("train_err.weight")]).float()
-        else:
-            return
-        # the saved sums are those of all ranks together: rank 0 continues them, the others restart at 0
-        self.train_sums = sums if self.global_rank == 0 else torch.zeros_like(sums)
+            self.train_sums = sums if self.global_rank == 0 else torch.zeros_like(sums)
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
         self.eval_acc[dataloader_idx].update(self(x), y)
 
     def on_validation_epoch_end(self):
-        # top-1 error in %, micro-averaged; torchmetrics syncs the counts across DDP ranks
+        # top-1 error in %, micro-averaged; torchmetrics syncs the counts across DDP ranks. Written
+        # with log_now at the iteration; self.log only for the callbacks (callback_metrics)
+        errs = {}
         for split, metric in zip(self.eval_splits, self.eval_acc):
-            self.log(f"{split}/err", (1 - metric.compute()) * 100)
+            errs[f"{split}/err"] = (1 - metric.compute()) * 100
+            self.log(f"{split}/err", errs[f"{split}/err"], logger=False)
             metric.reset()
+        log_now(self.trainer, {k: float(v) for k, v in errs.items()}, self.trainer.global_step)
 
     def configure_optimizers(self):
         o = self.optim_cfg
         # Section 4.2: SGD, momentum 0.9, weight decay 1e-4 on all weights; the lr is set per step
         # by the LRSchedule callback.
-        return torch.optim.SGD(self.parameters(), lr=0.0, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.nesterov, **self.sgd_kernel())
+        return torch.optim.SGD(self.parameters(), lr=0.0, momentum=o["momentum"],
+                               weight_decay=o["weight_decay"], nesterov=o["nesterov"], **self.sgd_kernel())
 
     def sgd_kernel(self) -> dict:
-        """cuda-graph: the fused kernel (one launch per step instead of a few per parameter group);
+        """CUDA graph: the fused kernel (one launch per step instead of a few per parameter group);
         otherwise torch's default choice."""
-        return {"fused": True if self.train_step_mode == "cuda-graph" else None, "foreach": None}
+        return {"fused": True if self.cuda_graph else None, "foreach": None}
+
+
+class Classifier(torch.nn.Module):
+    """A trained net as a plain classifier: raw uint8 CIFAR images [N, 3, 32, 32] in, logits out
+    (scaled to [0, 1] and the training split's per-pixel mean subtracted, as in training)."""
+
+    def __init__(self, model: torch.nn.Module, mean: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.float().div(255).sub(self.mean))
+
+
+def load_classifier(path, map_location="cpu") -> Classifier:
+    """`last.ckpt` of a CIFAR run -> a `Classifier` in eval mode (weights loaded with
+    `weights_only=True`: no code in the file runs)."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if PIXEL_MEAN not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path}: no per-pixel mean in this checkpoint (an ImageFolder run, or written by an "
+                         f"older version of reproduce): load it with ClassifierModule.load_from_checkpoint")
+    module = ClassifierModule(**checkpoint["hyper_parameters"])  # what load_from_checkpoint does
+    module.load_state_dict(checkpoint["state_dict"])
+    return Classifier(module.model, checkpoint[PIXEL_MEAN]).eval()

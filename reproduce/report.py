@@ -129,11 +129,11 @@ def step_at_drop(points: List[tuple], drop: int, window: float) -> Optional[dict
             "noise": noise, "se": se, "points": (len(pre), len(post))}
 
 
-# A step counts when it is at least this many times the scatter of one point about the trend (issue 12:
-# "each step is at least 3x its scatter"), so that one lucky evaluation cannot make it.
+# A step counts when it is at least this many times the scatter of one point about the trend, so
+# that one lucky evaluation cannot make it.
 STEP_OVER_NOISE = 3.0
-# Claim 4 (no overfitting regime): Figure 6's final test error lies within a few points of the training
-# error; "within about 5 points" (issue 12).
+# Claim 4 (no overfitting regime): Figure 6's final test error lies within a few points of the
+# training error.
 TEST_TRAIN_GAP = 5.0
 
 
@@ -201,7 +201,7 @@ def verdict_rows(runs: List[dict]) -> List[dict]:
     """Figure 6's claims checked on the logged curves, one row per claim and seed.
 
     1. at each lr drop the training and the test error step down beyond their trend, each step at
-       least STEP_OVER_NOISE times the scatter of one point (Section 4.2's drops; issue 12);
+       least STEP_OVER_NOISE times the scatter of one point (Section 4.2's drops);
     2. a deeper plain net ends with higher training and test error than a shallower one (the
        degradation problem, Section 4.2 and Figure 6 left);
     3. each ResNet ends below the plain net of its depth on training and test error (Figure 6);

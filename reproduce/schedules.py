@@ -98,10 +98,6 @@ class Schedule:
         p = self.phase(step)
         return p.start_example + (step - p.start_step) * p.batch_size
 
-    def batch_phase_starts(self) -> List[int]:
-        """The steps at which the batch size changes (a batch-size schedule's milestones)."""
-        return [p.start_step for prev, p in zip(self.phases, self.phases[1:]) if p.batch_size != prev.batch_size]
-
     def milestone_steps(self) -> List[int]:
         return [p.start_step for p in self.phases[1:]]
 

@@ -28,10 +28,6 @@ from .train import run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
 TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
-# `--quick` wall time, measured on the README's 2-core machine (README, "Measured results"); the
-# other experiments' quick profiles are sized for the same bound (README, "Profiles").
-QUICK_MEASURED = {"resnet": "18 min 6 s", "batch-scaling": "15 min 1 s"}
-QUICK_BOUND = "at most 20 min"
 
 
 def experiment_dir(cfg) -> Path:
@@ -142,10 +138,9 @@ def quick_hint(cfg) -> str | None:
     if cfg.profile != "paper":
         return None
     quick = quick_equivalent(cfg.experiment)
-    measured = QUICK_MEASURED.get(quick)
-    took = f"{measured} on the README's 2-core machine" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
+    # the quick profiles are sized for a laptop's CPU; what they took is measured in docs/results.md
     return (f"that is long for a CPU: `python -m reproduce {quick} --quick` runs the same comparison "
-            f"in a laptop-sized run ({took}; README, \"Profiles\")")
+            f"in a laptop-sized run (docs/results.md gives its measured time)")
 
 
 def announce(cfg, plans: List[tuple], parallel: int) -> None:
@@ -163,8 +158,8 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path) -> List[dict]:
     (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
     at batch 128 leaves most of a large GPU idle. On a CPU the cores are split between workers."""
     n_gpus = torch.cuda.device_count()
-    # the cores split between workers, on a GPU too: 9 workers each with every core's threads ran at
-    # 4-12 it/s on a 16-core H200 machine (docs/gpu-h200), host-bound
+    # the cores split between workers, on a GPU too: workers that each take every core's threads
+    # fight over the host, which is what a small net's step waits on (docs/gpu.md)
     threads = max(1, (os.cpu_count() or 1) // cfg.trainer.parallel)
     queue = [name for name, _ in plans if not (cfg.resume and read_status(exp_dir / name).get("status") == "done")]
     for name, _ in plans:

@@ -20,16 +20,16 @@ import torch
 from omegaconf import OmegaConf
 
 from . import __version__
-from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
+from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, IterationBar, LRSchedule, StopAtLastStep
 from .callbacks.checkpoint import Fault, RunInterrupted
 from .config import to_dict
 from .errors import ConfigError
-from .graph_step import steps_per_call_for, train_step_for
+from .graph_step import uses_cuda_graph
 from .data import build_datamodule
 from .data.cifar10 import DataError
-from .lightning import ignore_known_warnings
+from .lightning import check_step_count, ignore_known_warnings
 from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger
-from .models import build, depth_of, is_imagenet, is_residual
+from .models import depth_of, is_imagenet, is_residual
 from .module import ClassifierModule, NonFiniteLoss
 from .wandb_io import finish_run, logged_in_wandb
 from .runs import RunDir
@@ -113,9 +113,12 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     ckpt_cb = AtomicCheckpoint(files.checkpoint_dir, cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
                                Fault.from_env(name), stop_check_every=cfg.trainer.log_every)
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
-    # mmap: only the header is read to learn the step; the tensors load later, inside fit
-    resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"] \
-        if ckpt_path else None
+    resume_step = None
+    if ckpt_path:
+        # mmap: only the header and the counters are read here; the tensors load later, inside fit
+        peek = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        check_step_count(peek, cfg.trainer.accumulate, str(ckpt_path))
+        resume_step = peek["global_step"]
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -126,20 +129,20 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     callbacks = [lr_cb, BatchScaling(schedule, cfg.trainer.log_every), StopAtLastStep(), EvalLines(name)]
     if cfg.trainer.noise_scale:
         callbacks.append(GradientNoiseScale(cfg.trainer.noise_every))
+    progress_bar = cfg.trainer.progress and os.isatty(2)
+    if progress_bar:
+        callbacks.append(IterationBar())
     callbacks.append(ckpt_cb)  # last: a checkpoint holds what every other callback did in that step
 
-    train_step = train_step_for(cfg)
-    fault = ckpt_cb.fault
-    steps_per_call = steps_per_call_for(cfg, train_step, schedule.total_steps, schedule.batch_phase_starts(),
-                                        fault.step if fault is not None and fault.point == "step" else None,
-                                        resume_step, callbacks)
-    dm = build_datamodule(cfg, schedule, steps_per_call)
-    model = build(model_name, num_classes=dm.num_classes, **model_options(cfg, model_name))
+    cuda_graph = uses_cuda_graph(cfg)
+    dm = build_datamodule(cfg, schedule)
+    module = ClassifierModule(model_name, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
+                              dm.num_classes, dm.eval_splits, cfg.trainer.accumulate, cuda_graph,
+                              model_options(cfg, model_name))
     if cfg.trainer.compile:
-        # static shapes: one graph (and one CUDA graph) per batch shape, train and eval alike
-        model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, cfg.trainer.accelerator), dynamic=False)
-    module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
-                              dm.num_classes, dm.eval_splits, train_step, steps_per_call, lr_cb.apply)
+        # static shapes: one graph (and one CUDA graph) per batch shape, train and eval alike; the
+        # module compiled in place keeps its state_dict keys, so its checkpoint loads uncompiled
+        module.model.compile(mode=compile_mode_for(cfg.trainer.compile_mode, cfg.trainer.accelerator), dynamic=False)
 
     resolved = to_dict(cfg)
     if not resume or not files.config_path.exists():
@@ -147,9 +150,8 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     run_id = files.wandb_id(create=True)
     loggers = [CSVMetrics(run_dir, resume_step)]
     family = "resnet" if is_residual(model_name) else "plain"
-    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0), "train_step_used": train_step,
-                    "steps_per_call_used": steps_per_call,
-                    "total_steps": schedule.total_steps, "env": environment()}
+    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
+                    "train_step_used": "cuda-graph" if cuda_graph else "eager", "total_steps": schedule.total_steps, "env": environment()}
     tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
     # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already
     # holds of them is not sent twice
@@ -164,12 +166,12 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     trainer = pl.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=precision_for(cfg.trainer.precision, accelerator),
-        max_steps=schedule.total_steps, accumulate_grad_batches=cfg.trainer.accumulate,
-        # in batches: micro-batches, or chunks of steps_per_call iterations (which divides eval_every)
-        val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate // steps_per_call, check_val_every_n_epoch=None,
+        # the step accumulates itself (ClassifierModule): to Lightning a batch is one micro-batch
+        max_steps=schedule.total_steps, val_check_interval=cfg.trainer.eval_every * cfg.trainer.accumulate,
+        check_val_every_n_epoch=None,
         num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every, logger=loggers, callbacks=callbacks,
         enable_checkpointing=False, enable_model_summary=False, deterministic=cfg.trainer.deterministic,
-        enable_progress_bar=cfg.trainer.progress and os.isatty(2), benchmark=torch.cuda.is_available(),
+        enable_progress_bar=progress_bar, benchmark=torch.cuda.is_available(),
         default_root_dir=str(run_dir),
     )
     status = {"model": model_name, "name": name, "seed": cfg.seed, "run_id": run_id, "status": "running",

@@ -105,6 +105,6 @@ def test_an_experiment_named_like_a_command_is_refused(tmp_path):
     from reproduce.config import experiments
     (tmp_path / "resnet.yaml").write_text("kind: curves\n")
     assert experiments(tmp_path) == ["resnet"]
-    (tmp_path / "bench.yaml").write_text("kind: curves\n")
-    with pytest.raises(ConfigError, match="'bench' is a command"):
+    (tmp_path / "report.yaml").write_text("kind: curves\n")
+    with pytest.raises(ConfigError, match="'report' is a command"):
         experiments(tmp_path)

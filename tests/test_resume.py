@@ -44,9 +44,8 @@ CASES = {
     # ImageNet's plateau rule: the drops are decided by evaluations, which a resume must not lose
     "on_plateau": ["schedule.on_plateau=true", "schedule.plateau_patience=1", "schedule.plateau_threshold=50",
                    "trainer.eval_every=4", "trainer.checkpoint_every=8", *NO_WANDB],
-    # the manual step (graph_step.py; the CUDA-graph step without the capture): bit-identical to
-    # Lightning's automatic step, and its own step counter in the checkpoint
-    "manual_step": ["trainer.train_step=manual", *NO_WANDB],
+    # the eager step asked for by name (what a CUDA-graph run is without the capture)
+    "eager_step": ["trainer.train_step=eager", *NO_WANDB],
     # gradient accumulation, the noise scale (read from the accumulated gradients) and two seeds
     "accumulate_noise_seeds": ["trainer.accumulate=2", "trainer.noise_scale=true", "trainer.noise_every=4",
                                "seeds=[0,1]", *NO_WANDB],
@@ -122,9 +121,7 @@ FIGURE6_FAULTS = [
     "kill:step:3",        # early in the first quarter, before the first checkpoint
     "term:step:5",        # SIGTERM early: stops at the next step boundary, checkpoint 5
     "kill:checkpoint:4",  # right after the first checkpoint (the case that replayed batches)
-    # the fault's odd step makes this run one iteration per Lightning batch; it resumes from its
-    # checkpoint at 4 in chunks of 2 (trainer.steps_per_call=auto), as the reference ran throughout
-    "kill:step:7",
+    "kill:step:7",        # between checkpoints, after an evaluation
     "kill:step:12",       # at the first lr drop
     "term:eval:18",       # SIGTERM during the evaluation at the second drop
     "kill:eval:12",       # SIGKILL during an evaluation that no checkpoint covers yet
@@ -158,31 +155,13 @@ def test_random_iterations_resume_exactly(tmp_path, reference):
     ("batch_decay_gradual_warmup", "term:step:14"),  # after the batch has doubled
     ("on_plateau", "kill:step:10"),              # the issue's case: patience, eval every 4, ckpt every 8
     ("on_plateau", "term:eval:16"),
-    ("manual_step", "kill:checkpoint:4"),
-    ("manual_step", "term:eval:18"),
+    ("eager_step", "kill:checkpoint:4"),
+    ("eager_step", "term:eval:18"),
     ("accumulate_noise_seeds", "kill:step:8:resnet8-seed1"),  # the second run of the sweep
     ("accumulate_noise_seeds", "term:eval:12:resnet8-seed0"),
 ])
 def test_every_schedule_feature_resumes_exactly(case, fault, tmp_path, reference):
     kill_and_resume(case, fault, tmp_path, reference)
-
-
-@pytest.mark.parametrize("before,after", [("manual", "lightning"), ("lightning", "manual")])
-def test_a_run_resumes_exactly_in_the_other_step_mode(before, after, tmp_path, reference):
-    """A run stopped in one train step mode and resumed in the other (a cuda-graph run continued
-    on a CPU) ends as the uninterrupted run: the checkpoint's step count is carried across."""
-    proc = run_cli(*BASE, *NO_WANDB, f"trainer.train_step={before}", f"out_dir={tmp_path}",
-                   env={"REPRODUCE_FAULT": "term:step:10"}, check=False, timeout=300, new_session=True)
-    assert proc.returncode == 130, proc.stderr[-3000:]
-    run_cli("resnet", "--resume", tmp_path, f"trainer.train_step={after}", timeout=300)
-    assert_same_run(reference("manual_step") / "resnet8", tmp_path / "resnet" / "resnet8")
-
-
-def test_manual_and_lightning_steps_train_the_same_run(reference):
-    ref, manual = reference("milestones") / "resnet8", reference("manual_step") / "resnet8"
-    for key, value in _checkpoint(ref)["state_dict"].items():
-        assert torch.equal(value, _checkpoint(manual)["state_dict"][key]), key
-    assert read_rows(ref / "metrics.csv") == read_rows(manual / "metrics.csv")
 
 
 def test_the_cases_exercise_what_they_claim(reference):

@@ -9,8 +9,9 @@ and `epoch`.
 """
 from __future__ import annotations
 
-from ..data.datamodule import StepChunk
-from ..lightning import Callback, completes_step, log_now
+import pytorch_lightning as pl
+
+from ..lightning import log_now
 from ..schedules import Schedule
 
 
@@ -18,20 +19,19 @@ def effective_batch(per_device: int, devices: int, accumulate: int) -> int:
     return per_device * devices * accumulate
 
 
-class BatchScaling(Callback):
+class BatchScaling(pl.Callback):
     def __init__(self, schedule: Schedule, log_every: int):
         self.schedule, self.log_every = schedule, log_every
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        step, accumulate = trainer.global_step, trainer.accumulate_grad_batches
+        step = trainer.global_step
         want = self.schedule.batch_size(step)
-        per_device = batch.batch_size if isinstance(batch, StepChunk) else len(batch[1])  # a chunk: each of its steps
-        got = effective_batch(per_device, trainer.world_size, accumulate)
+        got = effective_batch(len(batch[1]), trainer.world_size, pl_module.accumulate)
         if got != want:
             raise RuntimeError(f"effective batch {got} at step {step} != scheduled {want}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not completes_step(trainer):
+        if not pl_module.stepped:
             return
         step = trainer.global_step  # already advanced: this is the step just taken, 1-based
         if step % self.log_every and step != trainer.max_steps:

@@ -39,7 +39,6 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ..config import ConfigError
-from ..lightning import Callback, completes_step
 
 LAST = "last.ckpt"
 FAULT_ENV = "REPRODUCE_FAULT"
@@ -109,7 +108,7 @@ def _descendants(pid: int) -> list:
     return found
 
 
-class AtomicCheckpoint(Callback):
+class AtomicCheckpoint(pl.Callback):
     def __init__(self, dirpath: str | Path, every_n_steps: int, eval_every: int, fault: Optional[Fault] = None,
                  stop_check_every: int = 1):
         self.dirpath, self.every_n_steps, self.eval_every = Path(dirpath), every_n_steps, eval_every
@@ -146,7 +145,7 @@ class AtomicCheckpoint(Callback):
         return step % self.eval_every == 0 or step >= trainer.max_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not completes_step(trainer):
+        if not pl_module.stepped:
             return
         step = trainer.global_step
         self._fire("step", step)

@@ -1,11 +1,12 @@
 """Sets the optimizer's lr to `Schedule.lr(step)` before every step; nothing else."""
 from __future__ import annotations
 
-from ..lightning import Callback
+import pytorch_lightning as pl
+
 from ..schedules import Schedule
 
 
-class LRSchedule(Callback):
+class LRSchedule(pl.Callback):
     """Applies the pure schedule; remembers only when a train-error warmup ended (Section 4.2:
     ResNet-110 trains at 0.01 "until the training error is below 80%", then goes back to 0.1)."""
 
@@ -18,8 +19,6 @@ class LRSchedule(Callback):
         self.on_plateau, self.patience, self.threshold, self.max_drops = on_plateau, patience, threshold, max_drops
         self.drops: list[int] = []
         self.best, self.bad_evals = float("inf"), 0
-        if schedule.warmup_until_err is None:
-            self.on_train_batch_end = None  # nothing to watch: Lightning skips the hook (lightning.Callback)
 
     def lr(self, step: int) -> float:
         return self.schedule.lr(step, self.warmup_ended_at, self.drops if self.on_plateau else None)
@@ -37,16 +36,11 @@ class LRSchedule(Callback):
             self.drops.append(trainer.global_step)
             self.best, self.bad_evals = err, 0
 
-    def apply(self, optimizers, step: int) -> None:
-        """Set the lr of optimizer step `step` (0-based). Before every Lightning batch, and for the
-        later iterations of a chunk of trainer.steps_per_call (ClassifierModule.set_lr)."""
-        lr = self.lr(step)
-        for opt in optimizers:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        lr = self.lr(trainer.global_step)  # the 0-based step about to be taken
+        for opt in trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.apply(trainer.optimizers, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         threshold = self.schedule.warmup_until_err

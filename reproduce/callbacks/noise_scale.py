@@ -18,9 +18,10 @@ The value is written to the loggers at the iteration it was measured, once (see 
 """
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch.nn.functional as F
 
-from ..lightning import Callback, iteration_in_progress, log_now, micro_batch_index
+from ..lightning import iteration_in_progress, log_now
 
 
 def noise_scale_estimates(g_small_sq: float, g_big_sq: float, b_small: int, b_big: int) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def _grad_sq_norm(model, x, y) -> float:
     return total
 
 
-class GradientNoiseScale(Callback):
+class GradientNoiseScale(pl.Callback):
     def __init__(self, every: int = 50, micro: int = 16, beta: float = 0.9):
         self.every, self.micro, self.beta = every, micro, beta
         self.ema_g2 = self.ema_trace = None
@@ -54,7 +55,7 @@ class GradientNoiseScale(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._micro_batch = len(batch[1])
-        if trainer.accumulate_grad_batches > 1 or trainer.world_size > 1 or not self._measures(trainer):
+        if pl_module.accumulate > 1 or trainer.world_size > 1 or not self._measures(trainer):
             return
         x, y = batch
         if len(y) <= self.micro:
@@ -67,14 +68,15 @@ class GradientNoiseScale(Callback):
         self._update(trainer, g_small, g_big, self.micro, len(y))
 
     def on_after_backward(self, trainer, pl_module):
-        if trainer.accumulate_grad_batches > 1 and micro_batch_index(trainer) == 0 and self._measures(trainer):
-            # Lightning divides each micro-batch's loss by the accumulation steps
-            self._small = (_sq_norm_of_grads(pl_module) * trainer.accumulate_grad_batches ** 2, self._micro_batch)
+        n = pl_module.accumulate
+        if n > 1 and pl_module.micro_batch == 0 and self._measures(trainer):
+            # the step divides each micro-batch's loss by the accumulation steps
+            self._small = (_sq_norm_of_grads(pl_module) * n ** 2, self._micro_batch)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self._small is not None:
             (g_small, b_small), self._small = self._small, None
-            b_big = self._micro_batch * trainer.accumulate_grad_batches * trainer.world_size
+            b_big = self._micro_batch * pl_module.accumulate * trainer.world_size
             self._update(trainer, g_small, _sq_norm_of_grads(pl_module), b_small, b_big)
 
     def _update(self, trainer, g_small: float, g_big: float, b_small: int, b_big: int) -> None:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from pytorch_lightning.callbacks import TQDMProgressBar
+from tqdm.auto import tqdm
 
-from ..lightning import Callback
+import pytorch_lightning as pl
 
 FIRST_ESTIMATE_AFTER_S = 10.0  # enough iterations for a steady pace, short against any real sweep
 LONG_ON_CPU_S = 3600.0  # beyond this on a CPU, say that --quick exists
@@ -88,16 +89,15 @@ class SweepClock:
                 + (", continuing from its checkpoint" if resume else "")
                 + (f" (sweep ETA {duration(eta)})" if eta is not None else ""))
 
-    def tick(self, step: int, batch_steps: int = 1) -> List[str]:
-        """After each Lightning batch of the current run (`batch_steps` iterations: more than one
-        with trainer.steps_per_call), at iteration `step`; returns the lines to print (the first
-        estimate)."""
+    def tick(self, step: int) -> List[str]:
+        """After each Lightning batch of the current run, at iteration `step`; returns the lines to
+        print (the first estimate)."""
         if self._current is None:
             return []
         now = self.clock()
         if self._t_first is None:  # the first iteration carries the warm-up (allocation, cudnn, compile): not timed
             self._t_first, self._step_first = now, step
-            self._current.start_step = step - batch_steps  # > 0 when the run continued from its checkpoint
+            self._current.start_step = step - 1  # > 0 when the run continued from its checkpoint
         self._step = step
         if not self.told_estimate and step - self._step_first >= 2 and now - self._t_first >= FIRST_ESTIMATE_AFTER_S:
             return self._estimate_lines()
@@ -171,7 +171,7 @@ class SweepClock:
 SWEEP = SweepClock()
 
 
-class EvalLines(Callback):
+class EvalLines(pl.Callback):
     """After each evaluation, `name  run k of N  iteration i/T  train/err  val/err  test/err  (ETA)`;
     on a terminal the line goes above Lightning's bar, whose description carries the run and the
     sweep ETA."""
@@ -194,9 +194,9 @@ class EvalLines(Callback):
         self.t0, self.step0 = time.monotonic(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not trainer.is_global_zero or self.sweep.index(self.name) is None:
+        if not pl_module.stepped or not trainer.is_global_zero or self.sweep.index(self.name) is None:
             return
-        for line in self.sweep.tick(trainer.global_step, pl_module.steps_per_call):
+        for line in self.sweep.tick(trainer.global_step):
             self._print(trainer, line)
         bar = self._bar(trainer)
         if bar is not None and time.monotonic() - self._described >= 1.0:
@@ -224,10 +224,35 @@ class EvalLines(Callback):
                              f"{'  '.join(parts)}  ({rate:.1f} it/s, ETA {eta / 60:.1f} min{tail})")
 
 
-class StopAtLastStep(Callback):
+class StopAtLastStep(pl.Callback):
     """Flags the final step as a stop so Lightning evaluates there, inside `fit`, whatever
     `eval_every` is; every metric then carries the iteration it was measured at."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= trainer.max_steps:
             trainer.should_stop = True
+
+
+class IterationBar(TQDMProgressBar):
+    """Lightning's bar on a terminal, counting iterations (optimizer steps: with gradient
+    accumulation a Lightning batch is a micro-batch) of the whole run, resumed ones included; no
+    validation bars (the evaluation lines say what they measured) and no `v_num`."""
+
+    def on_train_epoch_start(self, trainer, *_):
+        super().on_train_epoch_start(trainer)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.update(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar, step = self.train_progress_bar, trainer.global_step
+        if pl_module.stepped and (step % self.refresh_rate == 0 or step >= trainer.max_steps):
+            bar.update(step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+    def init_validation_tqdm(self):
+        return tqdm(disable=True)

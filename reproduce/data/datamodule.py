@@ -2,8 +2,8 @@
 
 Images stay uint8 [N, 3, 32, 32] tensors, on the training device when `data.on_device` (the
 whole of CIFAR-10 is 180 MB), and batches are cut from a per-epoch permutation by index, so
-a training step costs no host work. Mean subtraction and augmentation run batched on the device
-in `on_after_batch_transfer`.
+a training step costs no host work. Mean subtraction and augmentation run batched on the device,
+as each micro-batch is cut (`TrainBatches`, `training_batch`).
 
 The order of batches is a pure function of (seed, step, batch-size schedule), so a resumed run
 continues with exactly the batches an uninterrupted one would have seen: the loader is rebuilt
@@ -19,7 +19,6 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 
-from ..lightning import micro_batch_index
 from ..schedules import Schedule
 from .augment import random_crop_flip, step_generator
 from .cifar10 import load_cifar10
@@ -61,20 +60,20 @@ class TrainBatches:
     Each optimizer step takes the next B(step) indices of the epoch's permutation (a new epoch
     starts when fewer than B remain); its B indices are split into `accumulate` x `world`
     micro-batches, and this rank gets its own share of each, so the global batch is B whatever the
-    number of devices. With `steps_per_call` K > 1 (one device, no accumulation) it yields
-    StepChunks of K steps instead.
+    number of devices. `prepare(x, y, draw)` (normalisation and augmentation) gets each
+    micro-batch's number in the run, `step x accumulate + micro-batch`, which seeds its crops.
     """
 
     def __init__(self, x, y, schedule: Schedule, seed: int, start_step: int = 0, accumulate: int = 1,
-                 rank: int = 0, world: int = 1, steps_per_call: int = 1):
+                 rank: int = 0, world: int = 1, prepare: Callable | None = None):
         self.x, self.y, self.schedule, self.seed = x, y, schedule, seed
         self.start_step, self.accumulate, self.rank, self.world = start_step, accumulate, rank, world
-        self.steps_per_call = steps_per_call
+        self.prepare = prepare
 
     def __len__(self) -> int:
         # the whole run, not what is left of it: Lightning restores how many batches of the epoch
-        # were done (counted in this unit: lightning.align_batch_count) and ends the epoch at this length
-        return self.schedule.total_steps * self.accumulate // self.steps_per_call
+        # were done and ends the epoch at this length
+        return self.schedule.total_steps * self.accumulate
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -90,8 +89,7 @@ class TrainBatches:
             pos += b
         return epoch, pos
 
-    def _step_indices(self):
-        """(step, the B indices of the global batch) for each step from `start_step` on."""
+    def __iter__(self):
         n = len(self.y)
         epoch, pos = self._position(self.start_step)
         perm = self._permutation(epoch)
@@ -102,56 +100,14 @@ class TrainBatches:
             if pos + b > n:
                 epoch, pos = epoch + 1, 0
                 perm = self._permutation(epoch)
-            yield step, perm[pos:pos + b]
+            idx = perm[pos:pos + b]
             pos += b
-
-    def __iter__(self):
-        if self.steps_per_call > 1:  # one device, no accumulation (graph_step.steps_per_call_for)
-            chunk, first = [], self.start_step
-            for step, idx in self._step_indices():
-                chunk.append(idx)
-                if len(chunk) == self.steps_per_call:
-                    yield StepChunk(self.x, self.y, chunk, first)
-                    chunk, first = [], step + 1
-            if chunk:  # steps_per_call_for makes K divide the run's length and its resume step
-                raise ValueError(f"steps {first}..{self.schedule.total_steps} do not make whole chunks of "
-                                 f"{self.steps_per_call}")
-            return
-        for step, idx in self._step_indices():
             micro = len(idx) // (self.accumulate * self.world)
             for a in range(self.accumulate):
                 start = (a * self.world + self.rank) * micro
                 part = idx[start:start + micro]
-                yield self.x[part], self.y[part]
-
-
-class StepChunk:
-    """The batches of `len(self)` consecutive iterations, one Lightning batch (trainer.steps_per_call).
-
-    `chunk[i]` is the (images, labels) of iteration `first_step + i`, cut from the arrays when it
-    is asked for and passed through `prepare(x, y, step)` (the DataModule's normalisation and
-    crops, seeded by that step): a chunk holds index tensors only, so K iterations cost no more
-    memory than one. Lightning moves it to the device as it is (it has no `.to`); `prepare` does.
-    """
-
-    def __init__(self, x, y, indices: list, first_step: int, prepare: Callable | None = None):
-        self.x, self.y, self.indices, self.first_step, self.prepare = x, y, indices, first_step, prepare
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def batch_size(self) -> int:
-        """Every iteration's batch (a chunk never spans two batch-size phases)."""
-        return len(self.indices[0])
-
-    def __getitem__(self, i: int):
-        idx = self.indices[i]
-        x, y = self.x[idx], self.y[idx]
-        return self.prepare(x, y, self.first_step + i) if self.prepare is not None else (x, y)
-
-    def prepared(self, prepare: Callable) -> "StepChunk":
-        return StepChunk(self.x, self.y, self.indices, self.first_step, prepare)
+                x, y = self.x[part], self.y[part]
+                yield self.prepare(x, y, step * self.accumulate + a) if self.prepare is not None else (x, y)
 
 
 class EvalBatches:
@@ -176,11 +132,9 @@ class ArrayDataModule(pl.LightningDataModule):
     num_classes = 10
     eval_splits = ("val", "test")  # the order of val_dataloader()'s loaders
 
-    def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None,
-                 steps_per_call: int = 1):
+    def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
         super().__init__()
         self.cfg, self.schedule, self.seed, self.accumulate = data_cfg, schedule, seed, accumulate
-        self.steps_per_call = steps_per_call
         self.augment = data_cfg.augment  # read every step: a plain bool, not an OmegaConf lookup
         self._arrays = arrays
         self.mean = None
@@ -232,7 +186,7 @@ class ArrayDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         start = self.trainer.global_step if self.trainer is not None else 0
         return TrainBatches(self.train_x, self.train_y, self.schedule, self.seed, start,
-                            self.accumulate, rank, world, self.steps_per_call)
+                            self.accumulate, rank, world, self.training_batch)
 
     def val_dataloader(self):
         rank, world = self._rank_world()
@@ -248,25 +202,23 @@ class ArrayDataModule(pl.LightningDataModule):
         return x.float().div_(255).sub_(self.mean.to(x.device))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, StepChunk):
-            device = self._device()
-            return batch.prepared(lambda x, y, step: self.training_batch(x.to(device), y.to(device), step))
+        if self.trainer is not None and self.trainer.training:
+            return batch  # TrainBatches prepared it (training_batch)
         x, y = batch
-        if self.augment and self.trainer is not None and self.trainer.training:
-            # global_step and the micro-batch index make each draw unique and replayable
-            return self.training_batch(x, y, self.trainer.global_step * self.accumulate + micro_batch_index(self.trainer))
         return self.normalize(x), y
 
     def training_batch(self, x: torch.Tensor, y: torch.Tensor, draw: int):
-        """A training batch normalised and, with `data.augment`, cropped and flipped by the
-        generator of `draw` (the micro-batch's number in the run), on this rank."""
-        x = self.normalize(x)
+        """A training batch on the training device, normalised and, with `data.augment`, cropped
+        and flipped by the generator of `draw` (the micro-batch's number in the run), on this rank."""
+        device = self._device()
+        x = self.normalize(x.to(device))
         if self.augment:
-            x = random_crop_flip(x, step_generator(self.seed * 7 + self.trainer.global_rank, draw, x.device))
-        return x, y
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            x = random_crop_flip(x, step_generator(self.seed * 7 + rank, draw, x.device))
+        return x, y.to(device)
 
 
-def build_datamodule(cfg, schedule: Schedule, steps_per_call: int = 1):
-    if cfg.data.dataset == "imagefolder":  # steps_per_call is 1 there (graph_step.steps_per_call_for)
+def build_datamodule(cfg, schedule: Schedule):
+    if cfg.data.dataset == "imagefolder":
         return ImageFolderDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)
-    return ArrayDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate, steps_per_call=steps_per_call)
+    return ArrayDataModule(cfg.data, schedule, cfg.seed, cfg.trainer.accumulate)

@@ -122,6 +122,4 @@ MODELS = {
     "resnet101": _net(Bottleneck, (3, 4, 23, 3), "B"),
     "resnet152": _net(Bottleneck, (3, 8, 36, 3), "B"),
 }
-# weighted layers (convolutions and the fc layer), as the names count them (Table 1)
-DEPTHS = {name: int(name.lstrip("plainresnet")) for name in MODELS}
 
