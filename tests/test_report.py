@@ -120,3 +120,19 @@ def test_a_step_without_enough_points_is_not_measurable_rather_than_failed(tmp_p
     v = _verdicts([run])
     assert v[("1.", 0)]["verdict"] == "not measurable (too few points)"
     assert "resnet20 test at 400: too few points" in v[("1.", 0)]["numbers"]
+
+
+def test_several_seeds_give_mean_std_and_range_beside_the_paper(tmp_path):
+    """Table 6 the way the paper reports ResNet-110: every depth over its seeds, mean ± std and
+    min / max of the final test error, the paper's best and mean beside it."""
+    from reproduce.report import results_rows
+    runs = [_synthetic_run(tmp_path, "resnet110", seed=s, final_test=t) for s, t in enumerate((7.0, 6.5, 6.0))]
+    runs += [_synthetic_run(tmp_path, "resnet20", seed=s, final_test=t) for s, t in enumerate((9.0, 8.0, 8.5))]
+    rows = {r["model"]: r for r in results_rows(runs)}
+    assert rows["resnet110"]["runs"] == 3
+    assert rows["resnet110"]["final test err (%)"] == "6.50 ± 0.50"
+    assert rows["resnet110"]["min / max final (%)"] == "6.00 / 7.00"
+    assert rows["resnet110"]["paper Table 6 (%)"] == "6.43 (best of 5; mean 6.61 ± 0.16)"
+    assert rows["resnet20"]["min / max final (%)"] == "8.00 / 9.00" and rows["resnet20"]["paper Table 6 (%)"] == "8.75"
+    single = results_rows([_synthetic_run(tmp_path, "resnet20")])
+    assert "min / max final (%)" not in single[0]  # one run per model: no range column
