@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Training-step benchmark: see reproduce/bench.py (same as `python -m reproduce bench`)."""
+"""The training-step benchmark, run from anywhere: benchmarks/bench.py says what it measures."""
 import sys
+from pathlib import Path
 
-from reproduce.bench import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not installed with the package
+
+from benchmarks.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,11 +13,12 @@ import torch
 
 from reproduce.config import ConfigError, compose
 from reproduce.data.cifar10 import CLASSES, load_cifar10
-from reproduce.data.prepare import prepare
-from reproduce.gpu_check import PAPER, Progress, last_logged_step, plan_schedule
 from reproduce.train import compile_mode_for, run_one
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT))  # benchmarks/ sits beside the package, not in it
+from benchmarks.gpu_check import PAPER, Progress, last_logged_step, plan_schedule  # noqa: E402
 
 
 def test_compile_and_bf16_on_cpu_train_and_evaluate_with_one_graph_each(tmp_path):
@@ -114,7 +115,8 @@ def make_archive(path, per_class_train=10, per_class_test=2):
 
 def test_prepare_writes_the_cifar_layout_from_the_archive(tmp_path):
     archive = make_archive(tmp_path / "tiny.tar.xz")
-    prepare(archive, tmp_path / "data", workers=1)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_cifar10.py"), str(archive), str(tmp_path / "data")],
+                   check=True, timeout=300)
     train_x, train_y, test_x, test_y = load_cifar10(tmp_path / "data", download=False)
     assert train_x.shape == (100, 3, 32, 32) and test_x.shape == (20, 3, 32, 32)
     assert sorted(np.bincount(train_y.numpy()).tolist()) == [10] * 10
@@ -123,40 +125,41 @@ def test_prepare_writes_the_cifar_layout_from_the_archive(tmp_path):
 
 def test_gpu_check_cpu_smoke_end_to_end_without_installing_the_package(tmp_path):
     archive = make_archive(tmp_path / "cifar10-jpeg.tar.xz")
-    out, work = tmp_path / "out", tmp_path / "work"
     # a bare environment: no PYTHONPATH, started from elsewhere; the script finds the repository itself
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
     env["PYTHON"] = sys.executable
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke", "--data", str(archive),
-                           "--out", str(out), "--work", str(work), "--budget-s", "1500"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1600)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke", "--data", archive.name,
+                           "--budget-s", "1500"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu_check.json", "gpu_check.log", "gpu_check.tar.gz"]  # at most 8 come back from a device
+    out = tmp_path / "gpu-check-out"  # the default --out, in the current folder; the runs in its work/
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.tar.gz", "work"]
     result = json.loads((out / "gpu_check.json").read_text())
-    assert result["env"]["reproduce_from"] == str(ROOT)
+    assert result["env"]["reproduce_from"] == str(ROOT) and not result["notes"], result["notes"]
     ph = result["phases"]
     assert ph["data"]["train_images"] == 100 and ph["data"]["test_images"] == 20
-    bench = ph["bench"]["models"]["resnet8"]
-    for variant in ("fp32", "bf16", "fp32-manual"):  # bf16 autocast and the manual step measured on the CPU too
-        e = bench[variant]
+    assert ph["tests"]["rc"] == 0 and "skipped" in ph["tests"]["summary"]  # the CUDA tests, skipped on a CPU
+    for variant in ("fp32", "bf16"):  # bf16 autocast measured on the CPU too
+        e = ph["bench"]["models"]["resnet8"][variant]
         assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["package"]["values"], e["plain"]["values"])])
-    assert "overhead_ms" in ph["bench"]["overhead"]["fp32-manual"]
-    runs = ph["resnet20"]["runs"]
-    assert set(runs) == {"resnet20-div10", "resnet20-halved", "resnet20-eager-fp32"}
-    assert all(r["status"] == "done" and r["step"] == 8 for r in runs.values()), runs
+    assert "overhead_ms" in ph["bench"]["overhead"]["fp32"]
     sweep = ph["sweep"]
     assert sweep["complete"] and sweep["parallel"] == 2 and set(sweep["runs"]) == {"plain8", "resnet8"}
+    assert sweep["overrides"] == ph["bench"]["models"]["resnet8"][sweep["variant"]]["overrides"]  # the fastest measured
+    assert all(r["status"] == "done" and r["step"] == 8 for r in sweep["runs"].values()), sweep["runs"]
     assert "sweep" in result["targets"]
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"gpu_check/results.md", "gpu_check/resnet20.png", "gpu_check/sweep.png",
+    assert {"gpu_check/results.md", "gpu_check/sweep.png", "gpu_check/tests.log", "gpu_check/bench.log",
             "gpu_check/sweep/resnet8/metrics.csv"} <= names
 
 
-def test_gpu_check_refuses_bad_input(tmp_path):
-    proc = run_cli("bench", "--repeats", "0", check=False)
-    assert proc.returncode == 2 and "--repeats must be positive" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "reproduce.gpu_check", "--data", str(tmp_path / "nope.tar.xz")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "no such file or folder" in proc.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("args,message", [
+    (["--data", "nope.tar.xz"], "--data nope.tar.xz: no such file or folder"),
+    ([], "--data ARCHIVE|FOLDER is needed"),
+    (["--cpu-smoke", "--budget-s", "0"], "--budget-s and --parallel must be positive"),
+])
+def test_gpu_check_refuses_bad_input_in_one_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not (tmp_path / "gpu-check-out").exists()  # refused before anything is written

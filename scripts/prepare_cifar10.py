@@ -1,13 +1,13 @@
 """Turn this project's JPEG copy of CIFAR-10 (cifar10-jpeg.tar.xz) into `cifar-10-batches-py/`.
 
-The package's own equivalent of `../shared/data/make_cifar10.py`, so that a machine with only
-the repository (a GPU machine, say) can prepare the data: the archive holds train/<class>/NNNN.jpg
+A development tool: a machine with only the repository (the GPU check's device machine) prepares
+the offline data with it: the archive holds train/<class>/NNNN.jpg
 and test/<class>/NNNN.jpg; the images are decoded (in parallel processes) and written as the
 official python batches (data_batch_1..5, test_batch, batches.meta), in the same order as
 make_cifar10.py writes them (sorted by name, then shuffled with numpy's default_rng(0)), so
 both give the same files. A smaller archive of the same layout gives five smaller batches.
 
-usage: python -m reproduce.data.prepare ARCHIVE OUT_DIR
+usage: python scripts/prepare_cifar10.py ARCHIVE OUT_DIR
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cifar10 import CLASSES, FOLDER, DataError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's reproduce/
+from reproduce.data.cifar10 import CLASSES, FOLDER, DataError  # noqa: E402
 
 
 def _decode(blobs: list[bytes]) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Development instruments, outside the installed package: the benchmark and the GPU check."""
