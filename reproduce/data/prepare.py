@@ -1,7 +1,7 @@
 """Turn this project's JPEG copy of CIFAR-10 (cifar10-jpeg.tar.xz) into `cifar-10-batches-py/`.
 
-The package's own equivalent of `../shared/data/make_cifar10.py`, so that a machine with only
-the repository (a GPU machine, say) can prepare the data: the archive holds train/<class>/NNNN.jpg
+The package's own equivalent of this project's offline `make_cifar10.py`, so that a machine with
+only the repository and the archive (a GPU machine without network, say) can prepare the data: the archive holds train/<class>/NNNN.jpg
 and test/<class>/NNNN.jpg; the images are decoded (in parallel processes) and written as the
 official python batches (data_batch_1..5, test_batch, batches.meta), in the same order as
 make_cifar10.py writes them (sorted by name, then shuffled with numpy's default_rng(0)), so
