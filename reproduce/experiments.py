@@ -15,7 +15,7 @@ from .batch_scaling import batch_scaling_plans, run_batch_scaling
 from .config import for_model
 from .data.datamodule import load_arrays
 from .data.imagefolder import ImageFolderDataModule, make_tiny_imagefolder
-from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
+from .report import curves_figure, drop_rows, drops_title, load_runs, results_rows, write_results
 from .sweep import TINY_IMAGEFOLDER, prepare_sweep, run_name, run_plans
 from .temperature import run_temperature, temperature_plans
 from .wandb_io import curve_rows, log_experiment_summary
@@ -33,7 +33,7 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
         return {}  # a DDP worker, or a parallel worker: the sweep's process draws the report
     runs = load_runs([exp_dir / name for name, _ in plans])
     drops = f"lr x{cfg.schedule.factor} at {list(cfg.schedule.milestones)} of {cfg.schedule.max_steps} iterations (batch {cfg.schedule.ref_batch})"
-    fig = curves_figure(runs, exp_dir / "figure.png", f"{cfg.experiment} ({cfg.profile} profile): {drops}")
+    fig = curves_figure(runs, exp_dir / "figure.png", drops_title(cfg))
     rows = results_rows(runs)
     final_on = "the full validation set" if cfg.kind == "imagenet" else "the full 10k test set"
     header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final error on "
