@@ -28,8 +28,8 @@ from .train import run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
 TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
-# `--quick` wall time, measured on the README's 2-core machine (README, "Measured results"); the
-# other experiments' quick profiles are sized for the same bound (README, "Profiles").
+# `--quick` wall time, measured on a 2-core machine (docs/results.md); the other experiments'
+# quick profiles are sized for the same bound (README, "Experiments and profiles").
 QUICK_MEASURED = {"resnet": "18 min 6 s", "batch-scaling": "15 min 1 s"}
 QUICK_BOUND = "at most 20 min"
 
@@ -143,9 +143,9 @@ def quick_hint(cfg) -> str | None:
         return None
     quick = quick_equivalent(cfg.experiment)
     measured = QUICK_MEASURED.get(quick)
-    took = f"{measured} on the README's 2-core machine" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
+    took = f"{measured} on a 2-core machine, docs/results.md" if measured else f"sized for {QUICK_BOUND} on 2 CPU cores"
     return (f"that is long for a CPU: `python -m reproduce {quick} --quick` runs the same comparison "
-            f"in a laptop-sized run ({took}; README, \"Profiles\")")
+            f"in a laptop-sized run ({took})")
 
 
 def announce(cfg, plans: List[tuple], parallel: int) -> None:

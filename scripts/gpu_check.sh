@@ -7,7 +7,7 @@
 #
 # Outputs go to --out (default $OUT when set, else gpu-check-out/): gpu_check.json, gpu_check.log,
 # gpu_check.tar.gz. Missing Python packages (omegaconf on a bare GPU image) are installed from the
-# wheels in .whl/ (pip download ... -d .whl omegaconf==2.4.0, see the README's GPU section) into
+# wheels in .whl/ (pip download ... -d .whl omegaconf==2.4.0, see docs/gpu.md) into
 # /tmp/site; the package itself is imported from the repository (no pip install -e, which could
 # need the network for its build backend).
 set -uo pipefail
@@ -21,7 +21,7 @@ if ! "$PY" -c "import omegaconf, yaml" 2>/dev/null; then
     shopt -s nullglob
     wheels=(.whl/*.whl)
     if [ ${#wheels[@]} -eq 0 ]; then
-        echo "error: omegaconf is not installed and .whl/ holds no wheels to install it from (see README, GPU)" >&2
+        echo "error: omegaconf is not installed and .whl/ holds no wheels to install it from (see docs/gpu.md)" >&2
         exit 2
     fi
     echo "installing ${wheels[*]} into $SITE (no network)"

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CIFAR_ROOT = Path(os.environ.get("REPRODUCE_CIFAR_ROOT", ROOT / "data"))
 
 
-# Test tiers (README, "Tests"): every test carries exactly one of these markers, set by its module
+# Test tiers (README, "Development"; docs/ci.md): every test carries exactly one of these markers, set by its module
 # below or by an explicit `@pytest.mark.<tier>` on the test, which wins. `python -m pytest -m unit`
 # is the fast tier; CI runs them all. A new test module names its tier here, or collection fails.
 TIERS = ("unit", "smoke", "slow", "ddp")
