@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="an experiment's name (reproduce list)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. schedule.factor=0.1)")
     prof = p.add_mutually_exclusive_group()
-    prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (<= 20 min here)")
+    prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (about 20 min on 2 cores)")
     prof.add_argument("--smoke", action="store_true", help="synthetic data, a few steps of every run (CI)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and schedule; train nothing")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
