@@ -1,4 +1,4 @@
-"""python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [key=value ...]
+"""reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [key=value ...]  (or python -m reproduce)
 
 Mistakes in the command line, the config or the data end in one line on stderr and exit code 2;
 `--debug` shows the full traceback instead. A sweep in which a run failed still trains the others
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytorch_lightning  # noqa: F401  (imported before quiet_libraries: it sets its loggers' levels on import)
 from omegaconf import OmegaConf
 
+from . import __version__
 from .callbacks.checkpoint import Fault
 from .config import CONFIG_DIR, ConfigError, _merge, apply_override, compose, derive, experiments, load_yaml, new_config, validate
 from .data.cifar10 import DataError
@@ -25,25 +26,29 @@ from .schedules import Schedule
 from .sweep import DEBUG_ENV, SWEEP_CONFIG
 from .wandb_report import main as report_main
 
-USAGE = """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
-       python -m reproduce list
-       python -m reproduce report RUN_DIR [--dry-run] [--entity E] [--project P]"""
+USAGE = """reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
+       reproduce list
+       reproduce report RUN_DIR [--dry-run] [--entity E] [--project P]
+       reproduce --version"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproduce", usage=USAGE, add_help=True,
+    p = argparse.ArgumentParser(prog="reproduce", usage=USAGE, add_help=True,
                                 description="Reproduce He et al. 2015's CIFAR-10 curves and the 'learning rate "
-                                            "is a temperature' experiments.")
-    p.add_argument("experiment")
+                                            "is a temperature' experiments.",
+                                epilog="Commands: `list` names the experiments; `report RUN_DIR` builds a W&B report "
+                                       "of a sweep. " + __doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
+    p.add_argument("experiment", help="an experiment's name (reproduce list)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. schedule.factor=0.1)")
     prof = p.add_mutually_exclusive_group()
-    prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (<= 20 min here)")
+    prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (about 20 min on 2 cores)")
     prof.add_argument("--smoke", action="store_true", help="synthetic data, a few steps of every run (CI)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and schedule; train nothing")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                    help="continue the sweep in DIR (default: out_dir): finished runs are skipped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing sweep in out_dir")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--version", action="version", version=f"reproduce {__version__}")
     return p
 
 
@@ -104,7 +109,12 @@ def main(argv=None) -> int:
     if debug:
         os.environ[DEBUG_ENV] = "1"
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at interpreter exit
+        return code
+    except BrokenPipeError:  # `reproduce list | head -1`: the reader left; end quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # killed by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint and all logs are kept; continue with --resume", file=sys.stderr)
         return 130
@@ -120,9 +130,11 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        print("\n" + __doc__.split("\n\n", 1)[1])
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        if argv and argv[0] == "--version":
+            print(f"reproduce {__version__}")
+        else:
+            print(_parser().format_help().rstrip())
         return 0 if argv else 2
     if argv[0] == "list":
         for name in experiments():

@@ -2,7 +2,8 @@
 
 Structured OmegaConf configs (dataclasses, struct mode): a misspelled key fails with a
 suggestion, a value of the wrong type fails naming the key. Defaults are He et al. 2015,
-Section 4.2 (CIFAR-10); `configs/<experiment>.yaml` holds only what an experiment changes.
+Section 4.2 (CIFAR-10); `reproduce/configs/<experiment>.yaml` (package data) holds only what an
+experiment changes.
 Hyperparameters are stated per reference batch (`schedule.ref_batch`): the learning rate and
 the iteration counts below are those of a batch of 128, and the batch-scaling rules convert
 them when the batch changes (see `schedules.py`).
@@ -12,17 +13,18 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .model_names import check_name
 from .schedules import Schedule
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The experiments' YAMLs are package data, so an installed wheel finds them wherever it runs.
+CONFIG_DIR = resources.files("reproduce") / "configs"
 PROFILES = ("paper", "quick", "smoke")
 
 
@@ -176,11 +178,21 @@ CHOICES = {
 COMMANDS = ("list", "report")  # `python -m reproduce COMMAND`: never an experiment's name
 
 
-def experiments(config_dir: Path = CONFIG_DIR) -> List[str]:
-    names = sorted(p.stem for p in config_dir.glob("*.yaml") if not p.stem.startswith("_"))
+def _source(name: str) -> str:
+    """How an experiment's YAML is named in messages."""
+    return f"reproduce/configs/{name}.yaml"
+
+
+def experiments(config_dir=CONFIG_DIR) -> List[str]:
+    """The experiments of this install: one YAML each in the package's `configs/`; none is an error."""
+    files = config_dir.iterdir() if config_dir.is_dir() else ()
+    names = sorted(p.name[:-5] for p in files if p.name.endswith(".yaml") and not p.name.startswith("_"))
+    if not names:
+        raise ConfigError(f"no experiment configs in {config_dir}: this install lacks the package data "
+                          f"reproduce/configs/*.yaml; reinstall the package (pip install reproduce, or pip install -e .)")
     for name in names:
         if name in COMMANDS:
-            raise ConfigError(f"configs/{name}.yaml: '{name}' is a command of `python -m reproduce`, so this "
+            raise ConfigError(f"{_source(name)}: '{name}' is a command of `reproduce`, so this "
                               f"experiment could never run; rename the file")
     return names
 
@@ -200,6 +212,16 @@ def _suggest(word: str, options: List[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _suggest_key(bad: str, keys: List[str]) -> str:
+    """A suggestion for an unknown key: the keys that end in its last part (`trainer.max_steps` ->
+    `schedule.max_steps`: the right name in the wrong section), else the closest spelling."""
+    last = bad.rsplit(".", 1)[-1]
+    same = [k for k in keys if k.rsplit(".", 1)[-1] == last]
+    if same:
+        return " (did you mean " + " or ".join(f"'{k}'" for k in same) + "?)"
+    return _suggest(bad, keys) or _suggest(last, keys)
+
+
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     """Merge `other` into `base`; turn OmegaConf's errors into one line naming key and source."""
     try:
@@ -209,13 +231,15 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         msg = str(e).splitlines()[0]
         if "not in struct" in msg or "Key '" in msg and "not" in msg:
             bad = key or re.findall(r"Key '([^']+)'", msg)[0]
-            raise ConfigError(f"{source}: unknown config key '{bad}'{_suggest(bad, _all_keys(base))}") from None
+            raise ConfigError(f"{source}: unknown config key '{bad}'{_suggest_key(bad, _all_keys(base))}") from None
         raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
 
 
-def load_yaml(path: Path) -> DictConfig:
+def load_yaml(path) -> DictConfig:
+    """A YAML file: a path, or a file of the package's data (an importlib.resources Traversable)."""
     try:
-        return OmegaConf.load(path)
+        with path.open("r") as f:
+            return OmegaConf.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except Exception as e:  # a YAML syntax error: name the file and the line
@@ -233,12 +257,12 @@ def new_config() -> DictConfig:
 def _experiment_layers(experiment: str, seen=()):
     """The YAML layers of an experiment, following `extends:` to its parent first."""
     if experiment in seen:
-        raise ConfigError(f"configs/{experiment}.yaml: 'extends' forms a cycle")
+        raise ConfigError(f"{_source(experiment)}: 'extends' forms a cycle")
     names = experiments()
     if experiment not in names:
         raise ConfigError(f"unknown experiment '{experiment}'{_suggest(experiment, names)}; "
                           f"valid: {', '.join(names)}")
-    source = f"configs/{experiment}.yaml"
+    source = _source(experiment)
     layer = load_yaml(CONFIG_DIR / f"{experiment}.yaml")
     parent = layer.pop("extends", None)
     main, profiles = _experiment_layers(parent, (*seen, experiment)) if parent else ([], {})
@@ -261,7 +285,7 @@ def reject_run_only_keys(layer: Any, source: str) -> None:
 
 
 def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) -> DictConfig:
-    """defaults (the paper) <- configs/<experiment>.yaml <- its profile section <- key=value."""
+    """defaults (the paper) <- reproduce/configs/<experiment>.yaml <- its profile section <- key=value."""
     names = experiments()
     if experiment not in names:
         raise ConfigError(f"unknown experiment '{experiment}'{_suggest(experiment, names)}; "
@@ -274,7 +298,7 @@ def compose(experiment: str, profile: str = "paper", overrides: List[str] = ()) 
         reject_run_only_keys(layer, source)
         cfg = _merge(cfg, layer, source)
     if profile == "smoke":
-        cfg = _merge(cfg, load_yaml(CONFIG_DIR / "_smoke.yaml"), "configs/_smoke.yaml")
+        cfg = _merge(cfg, load_yaml(CONFIG_DIR / "_smoke.yaml"), _source("_smoke"))
     for source, layer in profiles.get(profile, []):
         reject_run_only_keys(layer, f"{source} [{profile}]")
         cfg = _merge(cfg, layer, f"{source} [{profile}]")
@@ -314,7 +338,19 @@ def apply_override(cfg: DictConfig, item: str) -> DictConfig:
     except Exception as e:
         raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
     reject_run_only_keys(dot, f"override '{item}'")
-    return _merge(cfg, dot, f"override '{item}'")
+    return _merge(cfg, _as_list_where_a_list_is_expected(cfg, item, dot), f"override '{item}'")
+
+
+def _as_list_where_a_list_is_expected(cfg: DictConfig, item: str, dot: DictConfig) -> DictConfig:
+    """`models=resnet20` means `models=[resnet20]`: one value for a list key is a list of one."""
+    key, value = item.split("=", 1)
+    try:
+        expected, given = OmegaConf.select(cfg, key), OmegaConf.select(dot, key)
+    except OmegaConfBaseException:
+        return dot  # a key the merge will name as unknown
+    if isinstance(expected, ListConfig) and given is not None and not isinstance(given, ListConfig):
+        return OmegaConf.from_dotlist([f"{key}=[{value}]"])
+    return dot
 
 
 def derive(cfg: DictConfig) -> DictConfig:

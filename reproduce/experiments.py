@@ -16,7 +16,7 @@ from .config import _suggest, for_model
 from .errors import ConfigError
 from .data.datamodule import load_arrays
 from .data.imagefolder import ImageFolderDataModule, make_tiny_imagefolder
-from .report import curves_figure, drop_rows, load_runs, results_rows, write_results
+from .report import curves_figure, drop_rows, drops_title, load_runs, results_rows, write_results
 from .runs import read_status
 from .sweep import TINY_IMAGEFOLDER, experiment_dir, prepare_sweep, run_name, run_plans
 from .temperature import run_temperature, temperature_plans
@@ -35,7 +35,7 @@ def curves(cfg, exp_dir: Path, group: str) -> Dict[str, Path]:
         return {}  # a DDP worker, or a parallel worker: the sweep's process draws the report
     runs = load_runs([exp_dir / name for name, _ in plans])
     drops = f"lr x{cfg.schedule.factor} at {list(cfg.schedule.milestones)} of {cfg.schedule.max_steps} iterations (batch {cfg.schedule.ref_batch})"
-    fig = curves_figure(runs, exp_dir / "figure.png", f"{cfg.experiment} ({cfg.profile} profile): {drops}")
+    fig = curves_figure(runs, exp_dir / "figure.png", drops_title(cfg))
     rows = results_rows(runs)
     final_on = "the full validation set" if cfg.kind == "imagenet" else "the full 10k test set"
     header = (f"# {cfg.experiment} — {cfg.profile} profile\n\n{cfg.description}\n\n{drops}. Final error on "

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .runs import RunDir  # noqa: E402
@@ -39,37 +40,65 @@ def milestone_steps(cfg) -> List[int]:
     return Schedule.for_run(cfg).milestone_steps()
 
 
+def style_handles(eval_name: str, drops: bool) -> list:
+    """Legend entries for the line styles, drawn beside the per-model colours (Figure 6's key)."""
+    handles = [Line2D([], [], color="k", ls="--", lw=1.0, label="training error"),
+               Line2D([], [], color="k", ls="-", lw=2.2, label=f"{eval_name} error")]
+    return handles + ([Line2D([], [], color="grey", ls=":", lw=0.8, label="lr drop")] if drops else [])
+
+
+def error_ylim(values: List[float]) -> tuple:
+    """A y-range that holds every point (none clipped), from 0 up to the highest error plus a margin."""
+    top = max(values, default=100.0)
+    return 0.0, min(100.0, top + max(2.0, 0.05 * top))
+
+
+def drops_title(cfg) -> str:
+    """What a curves figure's title says about its schedule: the lr drops and the run's length."""
+    steps = milestone_steps(cfg)
+    total = f"{Schedule.for_run(cfg).total_steps:,} iterations"
+    drops = (f"lr x{cfg.schedule.factor} at iterations {' and '.join(f'{m:,}' for m in steps)} of {total} (dotted)"
+             if steps else f"constant lr, {total}")
+    return f"{cfg.experiment} ({cfg.profile} profile): {drops}"
+
+
 def curves_figure(runs: List[dict], path: Path, title: str = "") -> Path:
-    """Figure 6 layout: plain nets left, ResNets right; dashed = training error, bold = test error."""
+    """Figure 6 layout: plain nets left, ResNets right; dashed = training error, bold = test error;
+    the lr drops dotted. The title defaults to the schedule of the first run (`drops_title`)."""
     families = [("plain", [r for r in runs if not is_residual(r["model"])]),
                 ("ResNet", [r for r in runs if is_residual(r["model"])])]
     families = [(n, rs) for n, rs in families if rs]
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False, sharey=True)
-    top = 0.0
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.4), squeeze=False, sharey=True)
+    values: List[float] = []
     # CIFAR plots test error (Figure 6); ImageNet plots validation error (Figure 4)
     eval_key = "test/err" if any(r["metrics"].get("test/err") for r in runs) else "val/err"
     for ax, (family, fam_runs) in zip(axes[0], families):
-        seen = set()
+        model_handles = []
         for r in sorted(fam_runs, key=lambda r: depth_of(r["model"])):
             c, label = colour(depth_of(r["model"])), f"{family}-{depth_of(r['model'])}"
+            drawn = False
             for key, style, width in (("train/err", "--", 1.0), (eval_key, "-", 2.2)):
                 pts = r["metrics"].get(key, [])
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, style, color=c, lw=width, label=label if label not in seen else None)
-                seen.add(label)
-                top = max(top, max(ys[len(ys) // 10:]) if len(ys) > 10 else max(ys))
-        for m in milestone_steps(fam_runs[0]["cfg"]):
+                ax.plot(xs, ys, style, color=c, lw=width)
+                values.extend(ys)
+                drawn = True
+            if drawn:
+                model_handles.append(Line2D([], [], color=c, lw=2.2, label=label))
+        drops = milestone_steps(fam_runs[0]["cfg"])
+        for m in drops:
             ax.axvline(m, color="grey", lw=0.8, ls=":")
-        ax.set_title(("plain nets" if family == "plain" else "ResNets") + (" (lr drops dotted)" if milestone_steps(fam_runs[0]["cfg"]) else ""))
+        ax.set_title("plain nets" if family == "plain" else "ResNets")
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
-    axes[0][0].set_ylabel(f"error (%)   dashed: training, bold: {eval_key.split('/')[0]}")
-    axes[0][0].set_ylim(0, min(100, top * 1.1 + 1))
-    if title:
-        fig.suptitle(title, fontsize=10)
+        models = ax.legend(handles=model_handles, loc="upper right", fontsize=8, title="model", title_fontsize=8)
+        ax.add_artist(models)
+        ax.legend(handles=style_handles(eval_key.split("/")[0], bool(drops)), loc="upper center", fontsize=8)
+    axes[0][0].set_ylabel("error (%)")
+    axes[0][0].set_ylim(*error_ylim(values))
+    fig.suptitle(title or drops_title(runs[0]["cfg"]), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

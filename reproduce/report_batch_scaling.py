@@ -66,9 +66,12 @@ def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) 
                 ex = np.array(examples_at(run["cfg"], steps)) / run["train_size"]
                 ax.plot(ex, vals, style, ms=3, lw=width, label=f"{run['mode']} ({key.split('/')[0]} err)")
         phases = Schedule.for_run(run["cfg"]).phases
+        if by_lr:  # the schedule's milestones, where decay-lr drops the lr and decay-batch grows B
+            for start in Schedule.for_run(run["cfg"]).milestone_steps():
+                ax.axvline(examples_at(run["cfg"], [start])[0] / run["train_size"], color="grey", lw=0.8, ls=":")
         table.append(_result_row(run["mode"], run, "→".join(str(p.batch_size) for p in phases),
                                  "→".join(f"{p.lr:.3g}" for p in phases)))
-    _label(ax, "epochs", "error (%)", "increase B instead of decaying lr (Smith et al. 2018)", 7)
+    _label(ax, "epochs", "error (%)", "increase B instead of decaying lr (Smith et al. 2018); milestones dotted", 7)
 
     ax = axes[2]
     noise_b = []
@@ -85,6 +88,9 @@ def batch_scaling_report(cfg, exp_dir: Path, group: str, runs: Dict[str, dict]) 
     for b in cfg.sweep.batches:
         ax.axhline(b, color="grey", lw=0.6, ls=":")
     ax.grid(alpha=0.3)
+    fig.suptitle(f"batch-scaling ({cfg.profile} profile): lr {cfg.schedule.lr} at batch {cfg.schedule.ref_batch}, "
+                 f"x{cfg.schedule.factor} at {', '.join(f'{m:,}' for m in cfg.schedule.milestones)} iterations' worth of "
+                 f"examples (at batch {cfg.schedule.ref_batch})", fontsize=10)
     fig.tight_layout()
     figure = exp_dir / "figure.png"
     fig.savefig(figure, dpi=110)

@@ -56,6 +56,9 @@ def cycle_panel(ax, cyc: dict) -> tuple[list, list, list]:
         bounds = [p.start_step for p in sched.phases] + [sched.total_steps]
         periods = lr_periods(bounds, [p.lr for p in sched.phases])
         hot = max(p.lr for p in sched.phases)
+        for start, _, _ in periods[1:]:  # where the lr changes: the heating and the cooling
+            ax.axvline(start, color="grey", lw=0.8, ls=":")
+        changes = ", ".join(f"{start:,}" for start, _, _ in periods[1:])
         for i, (start, end, p_lr) in enumerate(periods):
             lv = phase_level(loss, start, end)
             levels.append(lv)
@@ -68,7 +71,8 @@ def cycle_panel(ax, cyc: dict) -> tuple[list, list, list]:
         ax.legend(fontsize=7, loc="upper right")
     ax.set_xlabel("iterations")
     ax.set_ylabel("training loss")
-    ax.set_title(f"(b) heating and cooling {cyc['cfg'].models[0]}")
+    ax.set_title(f"(b) heating and cooling {cyc['cfg'].models[0]}" + (f": lr changes at {changes} (dotted)" if loss else ""),
+                 fontsize=10)
     return phase_rows, levels, states
 
 
@@ -144,6 +148,7 @@ def temperature_report(cfg, exp_dir: Path, group: str, quad: dict, runs: Dict[st
     cycle_name = next(n for n in runs if n.startswith("cycle-"))
     phase_rows, levels, states = cycle_panel(axes[1], runs[cycle_name])
     batch_rows, fixed_runs = batch_panel(axes[2], runs, cfg.sweep.batches)
+    fig.suptitle(f"temperature ({cfg.profile} profile): the lr as a temperature; (c) runs at a constant lr", fontsize=10)
     fig.tight_layout()
     figure = exp_dir / "figure.png"
     fig.savefig(figure, dpi=110)

@@ -9,7 +9,7 @@
 # gpu_check.tar.gz; the runs to --work (default OUT/work). On a lent device machine, where only
 # what is under $OUT comes back: --out "$OUT" --work gpu-check-out/work. Missing Python packages
 # (omegaconf on a bare GPU image) are installed from the wheels in .whl/ (pip download ... -d .whl
-# omegaconf==2.4.0, see the README's GPU section) into /tmp/site; the package itself is imported
+# omegaconf==2.4.0, see docs/gpu.md) into /tmp/site; the package itself is imported
 # from the repository (no pip install -e, which could need the network for its build backend).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +21,7 @@ if ! "$PY" -c "import omegaconf, yaml" 2>/dev/null; then
     shopt -s nullglob
     wheels=("$REPO"/.whl/*.whl)
     if [ ${#wheels[@]} -eq 0 ]; then
-        echo "error: omegaconf is not installed and .whl/ holds no wheels to install it from (see README, GPU)" >&2
+        echo "error: omegaconf is not installed and .whl/ holds no wheels to install it from (see docs/gpu.md)" >&2
         exit 2
     fi
     echo "installing ${wheels[*]} into $SITE (no network)"

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CIFAR_ROOT = Path(os.environ.get("REPRODUCE_CIFAR_ROOT", ROOT / "data"))
 
 
-# Test tiers (README, "Tests"): every test carries exactly one of these markers, set by its module
+# Test tiers (README, "Development"; docs/ci.md): every test carries exactly one of these markers, set by its module
 # below or by an explicit `@pytest.mark.<tier>` on the test, which wins. `python -m pytest -m unit`
 # is the fast tier; CI runs them all. A new test module names its tier here, or collection fails.
 TIERS = ("unit", "smoke", "slow", "ddp")
@@ -19,7 +19,7 @@ MODULE_TIERS = {
     "test_progress": "unit", "test_report": "unit", "test_schedules": "unit", "test_wandb_io": "unit",
     "test_keys": "unit", "test_units": "unit", "test_train_step": "unit", "test_temperature_report": "unit",
     "test_smoke": "smoke", "test_reliability": "smoke", "test_trained_model": "smoke",
-    "test_bench": "slow", "test_real_data": "slow", "test_resume": "slow", "test_gpu_path": "slow",
+    "test_bench": "slow", "test_real_data": "slow", "test_wheel": "slow", "test_resume": "slow", "test_gpu_path": "slow",
     "test_ddp": "ddp",
 }
 

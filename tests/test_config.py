@@ -22,6 +22,8 @@ def test_every_experiment_composes_and_each_profile_changes_the_run():
 @pytest.mark.parametrize("overrides,message", [
     (["schedule.lrr=0.1"], "did you mean 'schedule.lr'"),
     (["scheduel.lr=0.1"], "did you mean 'schedule'"),
+    (["trainer.max_steps=10"], "did you mean 'schedule.max_steps'"),  # the right name in the wrong section
+    (["data.lr=0.2"], "did you mean 'schedule.lr'"),
     (["data.batch_size=big"], "data.batch_size"),
     (["schedule.lr=0"], "schedule.lr must be positive"),
     (["data.batch_size=-5"], "data.batch_size must be positive"),
@@ -36,6 +38,21 @@ def test_bad_config_is_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:
         compose("resnet", "paper", overrides)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_value_for_a_list_key_is_a_list_of_one():
+    assert list(compose("resnet", "paper", ["models=resnet20"]).models) == ["resnet20"]
+    assert list(compose("resnet", "paper", ["models=resnet20,plain20"]).models) == ["resnet20", "plain20"]
+    assert list(compose("resnet", "paper", ["seeds=3"]).seeds) == [3]
+    assert list(compose("resnet", "paper", ["schedule.milestones=100", "schedule.max_steps=200"]).schedule.milestones) == [100]
+
+
+def test_no_experiment_configs_is_an_error(tmp_path):
+    """An install without the package data must say so, not list nothing."""
+    with pytest.raises(ConfigError, match="lacks the package data"):
+        experiments(tmp_path)
+    with pytest.raises(ConfigError, match="lacks the package data"):
+        experiments(tmp_path / "absent")
 
 
 def test_unknown_experiment_suggests():
@@ -75,3 +92,23 @@ def test_cli_list_and_dry_run():
         assert name in out
     out = run_cli("resnet", "--dry-run", timeout=120).stdout
     assert "factor: 0.5" in out and "lr 0.025" in out
+
+
+@pytest.mark.smoke  # subprocesses of the CLI
+def test_cli_help_version_and_a_closed_pipe():
+    from reproduce import __version__
+    proc = run_cli("--help", timeout=120)
+    for flag in ("--quick", "--smoke", "--resume", "--dry-run", "--overwrite", "--version"):
+        assert flag in proc.stdout, flag
+    assert run_cli("--version", timeout=120).stdout.strip() == f"reproduce {__version__}"
+    assert run_cli("resnet", "--version", timeout=120).stdout.strip() == f"reproduce {__version__}"
+    # `reproduce list | head -1`: the reader is gone before the listing is written (closed here at
+    # once; the child needs seconds to import torch), so its write meets a closed pipe
+    import subprocess
+    import sys
+    from .conftest import ROOT
+    lister = subprocess.Popen([sys.executable, "-m", "reproduce", "list"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    lister.stdout.close()
+    err = lister.stderr.read().decode()
+    assert lister.wait(timeout=120) == 141 and err == "", err

@@ -91,7 +91,8 @@ def test_reads_the_standard_layout(tmp_path):
 def test_missing_data_names_where_it_looked(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path / "nowhere", download=False)
-    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in str(e.value) and "make_cifar10.py" in str(e.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in str(e.value) and "data.download=true" in str(e.value)
+    assert "../shared" not in str(e.value)
 
 
 def test_truncated_batch_file_is_named(tmp_path):

@@ -136,3 +136,28 @@ def test_several_seeds_give_mean_std_and_range_beside_the_paper(tmp_path):
     assert rows["resnet20"]["min / max final (%)"] == "8.00 / 9.00" and rows["resnet20"]["paper Table 6 (%)"] == "8.75"
     single = results_rows([_synthetic_run(tmp_path, "resnet20")])
     assert "min / max final (%)" not in single[0]  # one run per model: no range column
+
+
+def test_curves_figure_keys_its_line_styles_holds_every_point_and_titles_its_drops(tmp_path, monkeypatch):
+    """The legend names the line styles beside the models, no point lies outside the y-range
+    (early errors near 90% included), and the title states the lr drops."""
+    import matplotlib.pyplot as plt
+
+    from reproduce import report
+    from reproduce.config import compose, for_model
+    cfg = compose("resnet")
+    runs = [{"model": m, "cfg": for_model(cfg, m, 0),
+             "metrics": {"train/err": [(0, 92.0), (32000, 20.0), (64000, 10.0)],
+                         "test/err": [(0, 95.5), (32000, 24.0), (64000, 12.0)]}} for m in ("plain20", "resnet20")]
+    drawn = {}
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault("fig", fig))
+    report.curves_figure(runs, tmp_path / "figure.png", report.drops_title(cfg))
+    fig = drawn["fig"]
+    assert "32,000 and 48,000" in fig._suptitle.get_text()
+    for ax in fig.axes:
+        labels = [t.get_text() for leg in ax.findobj(plt.matplotlib.legend.Legend) for t in leg.get_texts()]
+        assert {"training error", "test error", "lr drop"} <= set(labels), labels
+        assert any(label.endswith("-20") for label in labels), labels
+        low, high = ax.get_ylim()
+        assert low <= 0 and high >= 95.5
+    assert report.error_ylim([40.0, 49.0])[1] > 49.0 and report.error_ylim([99.0])[1] == 100.0

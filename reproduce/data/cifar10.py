@@ -20,8 +20,8 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-HOW_TO = ("provide it with `python ../shared/data/make_cifar10.py ROOT` (this project's copy) or by "
-          "unpacking cifar-10-python.tar.gz into ROOT, then pass data.root=ROOT")
+HOW_TO = (f"let the package download it (data.download=true, the default; {URL}, md5-checked) or unpack "
+          f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into ROOT, then pass data.root=ROOT")
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
