@@ -49,8 +49,8 @@ class ClassifierModule(pl.LightningModule):
                  channels_last: bool = True, num_classes: int = 10, eval_splits=("val", "test"),
                  accumulate: int = 1, cuda_graph: bool = False, model_options: dict | None = None):
         super().__init__()
-        optim = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False}  # Section 4.2
-        optim.update({k: optim_cfg[k] for k in optim} if optim_cfg is not None else {})
+        # Section 4.2's SGD unless given: {momentum, weight_decay, nesterov}, plain values
+        optim = {"momentum": 0.9, "weight_decay": 1e-4, "nesterov": False, **dict(optim_cfg or {})}
         model_options = dict(model_options or {})
         if isinstance(model, str):
             self.save_hyperparameters({"model": model, "optim_cfg": optim, "log_every": log_every,

@@ -136,7 +136,9 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
 
     cuda_graph = uses_cuda_graph(cfg)
     dm = build_datamodule(cfg, schedule)
-    module = ClassifierModule(model_name, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
+    o = cfg.optim
+    optim = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
+    module = ClassifierModule(model_name, optim, cfg.trainer.log_every, cfg.trainer.channels_last,
                               dm.num_classes, dm.eval_splits, cfg.trainer.accumulate, cuda_graph,
                               model_options(cfg, model_name))
     if cfg.trainer.compile:
