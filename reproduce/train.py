@@ -22,14 +22,14 @@ from omegaconf import OmegaConf
 from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
 from .callbacks.checkpoint import Fault, RunInterrupted
-from .config import to_dict
 from .errors import ConfigError
 from .graph_step import steps_per_call_for, train_step_for
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import ignore_known_warnings
-from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger
-from .models import build, depth_of, is_imagenet, is_residual
+from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger, run_tags
+from .loggers import wandb_config as run_wandb_config
+from .models import build, is_imagenet
 from .module import ClassifierModule, NonFiniteLoss
 from .wandb_io import finish_run, logged_in_wandb
 from .runs import RunDir
@@ -141,16 +141,14 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     module = ClassifierModule(model, cfg.optim, cfg.trainer.log_every, cfg.trainer.channels_last,
                               dm.num_classes, dm.eval_splits, train_step, steps_per_call, lr_cb.apply)
 
-    resolved = to_dict(cfg)
     if not resume or not files.config_path.exists():
         OmegaConf.save(cfg, files.config_path)
     run_id = files.wandb_id(create=True)
     loggers = [CSVMetrics(run_dir, resume_step)]
-    family = "resnet" if is_residual(model_name) else "plain"
-    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0), "train_step_used": train_step,
+    wandb_config = {**run_wandb_config(cfg, group), "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0), "train_step_used": train_step,
                     "steps_per_call_used": steps_per_call,
                     "total_steps": schedule.total_steps, "env": environment()}
-    tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
+    tags = run_tags(cfg, model_name)
     # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already
     # holds of them is not sent twice
     already_logged = logged_in_wandb(run_dir) if resume else set()
