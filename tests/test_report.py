@@ -19,7 +19,7 @@ def test_wandb_report_dry_run_writes_the_figure_panels(tmp_path):
     group = json.loads((tmp_path / "resnet" / "sweep.json").read_text())["group"]
     assert group in text
     assert "lr_drops" in text  # the table of training-error steps at each drop
-    filters = {rs["name"]: rs["filters"]["filters"] for b in spec["blocks"] if b.get("type") == "panel-grid"
+    filters = {rs["name"]: rs["filters"]["filters"] for b in spec["spec"]["blocks"] if b.get("type") == "panel-grid"
                for rs in b["metadata"]["runSets"]}
     picked = {name: [(f["key"]["name"], f["value"]) for f in fs] for name, fs in filters.items()}
     assert picked == {"plain": [("group", group), ("tags", ["family:plain"])],
