@@ -226,7 +226,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         log_source(run)
-        return IterationWandbLogger(experiment=run, log_model=False)
+        return IterationWandbLogger(experiment=run, save_dir=str(run_dir), log_model=False)
 
     if mode == "online":
         try:

@@ -67,12 +67,23 @@ def test_sweep_agent_trials_are_one_run_each_under_the_agents_id(tmp_path):
         assert log["summary"]["val/err"] == pytest.approx(status["last_val_err"])  # the metric the sweep minimises
 
 
-def test_summary_run_is_continued_by_resume_and_runs_hold_their_own_config(tmp_path):
-    args = ["resnet", "--smoke", "models=[resnet8]", "per_model.resnet8.schedule.lr=0.2", f"out_dir={tmp_path}"]
-    run_cli(*args, timeout=300)
-    proc = run_cli("resnet", "--resume", tmp_path, timeout=300)
+@pytest.fixture(scope="module")
+def resumed_sweep(tmp_path_factory):
+    """A two-run smoke sweep (ResNet-8 with a per_model lr), then a --resume of it, finished."""
+    out = tmp_path_factory.mktemp("sweep")
+    # as conftest.isolated_wandb, which is set up only after a module's fixtures
+    env = {"WANDB_MODE": "offline", **{v: str(out / "wandb-home" / v.lower()) for v in
+                                       ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}}
+    run_cli("resnet", "--smoke", "models=[plain8,resnet8]", "per_model.resnet8.schedule.lr=0.2", f"out_dir={out}",
+            env=env, timeout=300)
+    proc = run_cli("resnet", "--resume", out, env=env, timeout=300)
+    return out, proc
+
+
+def test_summary_run_is_continued_by_resume_and_runs_hold_their_own_config(resumed_sweep):
+    out, proc = resumed_sweep
     assert "wandb: WARNING" not in proc.stdout + proc.stderr
-    exp = tmp_path / "resnet"
+    exp = out / "resnet"
     group = json.loads((exp / "sweep.json").read_text())["group"]
     (path,) = offline_runs(exp / "resnet8")  # finished: the resume skipped it
     run = read_run(path)
@@ -87,4 +98,25 @@ def test_summary_run_is_continued_by_resume_and_runs_hold_their_own_config(tmp_p
     for s in summaries:
         assert s["run"]["job_type"] == "summary" and s["run"]["tags"] == ["experiment:resnet", "profile:smoke"]
         assert s["config"]["per_model"]["resnet8"] == {"schedule": {"lr": 0.2}}  # the sweep's config, whole
-        assert s["config"]["models"] == ["resnet8"] and s["config"]["wandb"]["group"] == group
+        assert s["config"]["models"] == ["plain8", "resnet8"] and s["config"]["wandb"]["group"] == group
+
+
+def test_wandb_report_dry_run_writes_the_figure_panels(resumed_sweep):
+    out, _ = resumed_sweep
+    run_cli("report", out, "--dry-run", timeout=120)
+    spec = json.loads((out / "resnet" / "report.json").read_text())
+    text = json.dumps(spec)
+    ids = {d.name: (d / "wandb_id.txt").read_text() for d in (out / "resnet").iterdir() if (d / "wandb_id.txt").exists()}
+    for panel in ("plain nets: error vs iterations", "ResNets: error vs iterations", "temperature = lr / batch"):
+        assert panel in text
+    assert "train/err" in text and "test/err" in text and "trainer/global_step" in text
+    assert f"{ids['plain8']}:train/err" in text and "dashed" in text  # training error dashed, per run
+    group = json.loads((out / "resnet" / "sweep.json").read_text())["group"]
+    assert "lr_drops" in text  # the table of training-error steps at each drop
+    filters = {rs["name"]: rs["filters"]["filters"] for b in spec["spec"]["blocks"] if b.get("type") == "panel-grid"
+               for rs in b["metadata"]["runSets"]}
+    picked = {name: [(f["key"]["name"], f["value"]) for f in fs] for name, fs in filters.items()}
+    assert picked == {"plain": [("group", group), ("tags", ["family:plain"])],
+                      "ResNet": [("group", group), ("tags", ["family:resnet"])],
+                      "all runs": [("group", group), ("jobType", "train")],
+                      "summary": [("group", group), ("jobType", "summary")]}  # the tags and job types runs get
