@@ -152,6 +152,7 @@ SWEEP_KEYS = {
     "batch_scaling": ("batches", "modes", "warmup_epochs"),
 }
 
+
 @dataclass
 class RunConfig:
     experiment: str = "resnet"

@@ -134,6 +134,7 @@ def run_trial(cfg, plans: List[tuple], sweep_id: str, run_id: str) -> Dict[str, 
     run_plans(trial, [(run_id, plans[0][1])], run_dir.parent, cfg.wandb.group)
     return {"run": run_dir}
 
+
 # `--debug` (cli.py) sets this: a failed run then raises with its traceback instead of being recorded and
 # skipped. An environment variable, so that the parallel workers (subprocesses) inherit it; set it by
 # hand to debug a sweep launched by a script (as HYDRA_FULL_ERROR=1 does for Hydra apps).
