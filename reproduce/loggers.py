@@ -234,7 +234,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
         except Exception as e:
             warnings.warn(f"W&B online init failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                           f"logging offline instead")
-            wandb.finish()
+            wandb.teardown()  # wandb's service holds the failed attempt's run id as in use until it stops
             mode = "offline"
     say_offline(run_dir)
     return attempt("offline")

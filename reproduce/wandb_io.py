@@ -77,6 +77,7 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
     except Exception:
         if mode != "online":
             raise
+        wandb.teardown()  # wandb's service holds the failed attempt's run id as in use until it stops
         run = init("offline")
     if figure.exists():
         run.log({"figure": wandb.Image(str(figure))})
