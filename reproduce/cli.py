@@ -23,7 +23,8 @@ from .data.datamodule import train_size_of
 from .experiments import failed_runs, kind_of, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
-from .sweep import DEBUG_ENV, SWEEP_CONFIG
+from .loggers import sweep_agent
+from .sweep import DEBUG_ENV, SWEEP_CONFIG, run_trial
 from .wandb_report import main as report_main
 
 USAGE = """reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="Commands: `list` names the experiments; `report RUN_DIR` builds a W&B report "
                                        "of a sweep. " + __doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
     p.add_argument("experiment", help="an experiment's name (reproduce list)")
-    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. schedule.factor=0.1)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value or --key=value (e.g. schedule.factor=0.1)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_true", help="sized for a laptop CPU (about 20 min on 2 cores)")
     prof.add_argument("--smoke", action="store_true", help="synthetic data, a few steps of every run (CI)")
@@ -50,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--version", action="version", version=f"reproduce {__version__}")
     return p
+
+
+# the command's own options that take a value as --option=VALUE; any other --KEY=VALUE is an override
+VALUE_OPTIONS = ("--resume",)
+
+
+def dotlist_style(argv):
+    """`--schedule.lr=0.05` as `schedule.lr=0.05`: the style in which a W&B sweep agent passes its
+    parameters (`${args}`), beside the OmegaConf dot-list style of the overrides."""
+    return [a[2:] if a.startswith("--") and "=" in a and a.split("=", 1)[0] not in VALUE_OPTIONS else a for a in argv]
 
 
 def dry_run(cfg) -> str:
@@ -143,7 +154,7 @@ def _main(argv) -> int:
         return 0
     if argv[0] == "report":
         return report_main(argv[1:])
-    args = _parser().parse_intermixed_args(argv)
+    args = _parser().parse_intermixed_args(dotlist_style(argv))
     Fault.spec_parts()  # a malformed REPRODUCE_FAULT fails here, in one line, before any run
     if args.resume is not None:
         cfg = _resume_config(args.experiment, args.resume or _out_dir(args.overrides), args.overrides)
@@ -154,7 +165,8 @@ def _main(argv) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
-    outputs = run_experiment(cfg, overwrite=args.overwrite)
+    agent = sweep_agent()
+    outputs = run_trial(cfg, KINDS[cfg.kind].plans(cfg), *agent) if agent else run_experiment(cfg, overwrite=args.overwrite)
     for name, path in outputs.items():
         print(f"{name}: {path}")
     failed = failed_runs(cfg)

@@ -141,6 +141,15 @@ class SweepConfig:
     warmup_epochs: float = 5.0  # Goyal et al. 2017, Section 2.2: gradual warmup over 5 epochs
 
 
+# The `sweep` keys each experiment kind reads (temperature.py, batch_scaling.py); a run's W&B config
+# carries only its own kind's (loggers.wandb_config), so a ResNet run shows no quadratic grid.
+SWEEP_KEYS = {
+    "temperature": ("quadratic_dim", "quadratic_noise", "quadratic_eig_range", "quadratic_lrs", "quadratic_batches",
+                    "quadratic_steps", "quadratic_chains", "cycle", "batches"),
+    "batch_scaling": ("batches", "modes", "warmup_epochs"),
+}
+
+
 @dataclass
 class RunConfig:
     experiment: str = "resnet"

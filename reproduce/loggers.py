@@ -19,11 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from .config import SWEEP_KEYS
+from .models import depth_of, is_residual
 from .runs import METRICS_FILE, read_rows, write_rows
-
 
 
 class CSVMetrics(Logger):
@@ -141,18 +143,62 @@ def log_source(run) -> None:
     run.log_code(root=str(PACKAGE_DIR), name=CODE_ARTIFACT, include_fn=lambda path, root: path.endswith(".py"))
 
 
+def sweep_agent() -> Optional[tuple]:
+    """(sweep id, run id) when a W&B sweep agent (`wandb agent`) started this process, else None.
+    The agent sets WANDB_SWEEP_ID and WANDB_RUN_ID, and wandb.init takes the run's id, project and
+    entity from them (and ignores those passed to it)."""
+    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    return (sweep_id, run_id) if sweep_id and run_id else None
+
+
+def run_tags(cfg, model_name: str) -> List[str]:
+    """`key:value` tags: the experiment `resnet` and the family `resnet` stay apart."""
+    family = "resnet" if is_residual(model_name) else "plain"
+    return [f"experiment:{cfg.experiment}", f"family:{family}", f"depth:{depth_of(model_name)}",
+            f"profile:{cfg.profile}", *cfg.wandb.tags]
+
+
+def summary_tags(cfg) -> List[str]:
+    return [f"experiment:{cfg.experiment}", f"profile:{cfg.profile}", *cfg.wandb.tags]
+
+
+def wandb_config(cfg, group: Optional[str], run: bool = True) -> dict:
+    """What a W&B run's config holds: the keys that apply to it. A run's own `per_model` entry is
+    already merged into its config (config.for_model), so `per_model` goes from a run (the summary
+    run keeps it: it is the sweep's); `sweep.*` keeps only the keys of this kind
+    (config.SWEEP_KEYS); `wandb.group` is the group the run is in (absent when it is in none)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    if run:
+        out.pop("per_model", None)
+    used = SWEEP_KEYS.get(cfg.kind, ())
+    out["sweep"] = {k: v for k, v in out["sweep"].items() if k in used}
+    if not out["sweep"]:
+        del out["sweep"]
+    out["wandb"] = {k: v for k, v in out["wandb"].items() if k != "group"}
+    if group:
+        out["wandb"]["group"] = group
+    return out
+
+
+def wandb_settings(wcfg, **more):
+    import wandb  # optional: wandb.mode=disabled runs without it installed
+    return wandb.Settings(init_timeout=wcfg.init_timeout, silent=True, **more)
+
+
 def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, tags: List[str], config: dict,
                       already_logged: frozenset = frozenset()):
     """A WandbLogger whose run exists already (online, or offline after a failed online init).
     Values in `already_logged` ({(iteration, metric)}, from an earlier attempt of a resumed run)
-    are not sent again, so the run's history has each metric once per iteration."""
+    are not sent again, so the run's history has each metric once per iteration.
+
+    The run is created here with wandb.init and handed to Lightning (`WandbLogger(experiment=run)`,
+    Lightning's documented way to log to a run of one's own), so that wandb.init gets only the
+    arguments meant for it: Lightning's own call passes `anonymous`, which wandb 0.31 answers with a
+    warning on every run. Under a sweep agent the agent's run is used (its id, project and entity)."""
     mode = decide_mode(wcfg.mode)
     if mode == "disabled":
         return None
-    import wandb  # optional: wandb.mode=disabled runs without it installed
     from pytorch_lightning.loggers import WandbLogger  # imports wandb, which is optional
-
-    os.environ.setdefault("WANDB_SILENT", "true")
 
     class IterationWandbLogger(WandbLogger):
         def log_metrics(self, metrics, step=None):
@@ -164,17 +210,23 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
                     return
             super().log_metrics(metrics, iteration)
 
+    if rank_zero_only.rank != 0:
+        return IterationWandbLogger(log_model=False)  # Lightning creates no run on the other ranks
+    import wandb  # optional: wandb.mode=disabled runs without it installed
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # under a sweep agent wandb.init takes the agent's run (id, project, entity) and W&B names it
+    where = {} if sweep_agent() else {"project": wcfg.project, "entity": wcfg.entity, "id": run_id, "name": name}
+
     def attempt(mode: str):
-        logger = IterationWandbLogger(project=wcfg.project, entity=wcfg.entity, group=group, name=name, id=run_id,
-                             tags=tags, save_dir=str(run_dir), mode=mode, resume="allow", log_model=False,
-                             config=config, settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True,
-                                                                 x_transaction_log_flush_interval=wcfg.flush_every_s))
-        run = logger.experiment  # create the run now, so a failure is caught here
+        run = wandb.init(**where, group=group, tags=tags, job_type="train", dir=str(run_dir), mode=mode,
+                         resume="allow", config=config,
+                         settings=wandb_settings(wcfg, x_transaction_log_flush_interval=wcfg.flush_every_s))
         # every panel plots against iterations; epochs are there too
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         log_source(run)
-        return logger
+        return IterationWandbLogger(experiment=run, save_dir=str(run_dir), log_model=False)
 
     if mode == "online":
         try:
@@ -182,7 +234,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
         except Exception as e:
             warnings.warn(f"W&B online init failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                           f"logging offline instead")
-            wandb.finish()
+            wandb.teardown()  # wandb's service holds the failed attempt's run id as in use until it stops
             mode = "offline"
     say_offline(run_dir)
     return attempt("offline")

@@ -23,7 +23,7 @@ from .callbacks.progress import SWEEP, PlannedRun, duration
 from .config import ConfigError, quick_equivalent
 from .models import build
 from .schedules import Schedule
-from .runs import read_status
+from .runs import RunDir, read_status
 from .train import run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
@@ -101,6 +101,34 @@ def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
         if status["status"] == "failed":
             print(f"{name}: FAILED ({status.get('error')}); going on with the others", flush=True)
     return statuses
+
+
+def trial_dir(cfg, sweep_id: str, run_id: str) -> Path:
+    """Where one trial of a W&B sweep lives: out_dir/wandb-sweep-<sweep id>/<run id>/, a run
+    directory like any other (train.py's files), one per agent run."""
+    return Path(cfg.out_dir).expanduser() / f"wandb-sweep-{sweep_id}" / run_id
+
+
+def run_trial(cfg, plans: List[tuple], sweep_id: str, run_id: str) -> Dict[str, Path]:
+    """One trial of a W&B sweep (`wandb agent`): the one run the config expands to, in its own
+    directory, under the agent's W&B run; no sweep directory, report or summary run (W&B's sweep
+    view compares the trials). The agent may start a run id again (a preempted trial): an
+    unfinished one continues from its checkpoint, a finished one is skipped."""
+    if len(plans) != 1:
+        raise ConfigError(f"under a W&B sweep agent (WANDB_SWEEP_ID={sweep_id}) each trial is one run, but this "
+                          f"config makes {len(plans)} ({', '.join(name for name, _ in plans[:4])}"
+                          f"{', ...' if len(plans) > 4 else ''}); set one model and one seed in the sweep's "
+                          f"command, e.g. models=[resnet20] (configs/_wandb-sweep.yaml)")
+    run_dir = trial_dir(cfg, sweep_id, run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"out_dir={cfg.out_dir}: cannot write {run_dir} ({e.strerror})") from None
+    if rank_zero_only.rank == 0:
+        RunDir(run_dir).wandb_id_path.write_text(run_id)  # the agent's run: build_run reads the id from here
+    trial = OmegaConf.merge(cfg, {"resume": True, "trainer": {"parallel": 1}})
+    run_plans(trial, [(run_id, plans[0][1])], run_dir.parent, cfg.wandb.group)
+    return {"run": run_dir}
 
 
 # `--debug` (cli.py) sets this: a failed run then raises with its traceback instead of being recorded and

@@ -22,14 +22,14 @@ from omegaconf import OmegaConf
 from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, IterationBar, LRSchedule, StopAtLastStep
 from .callbacks.checkpoint import Fault, RunInterrupted
-from .config import to_dict
 from .errors import ConfigError
 from .graph_step import uses_cuda_graph
 from .data import build_datamodule
 from .data.cifar10 import DataError
 from .lightning import check_step_count, ignore_known_warnings
-from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger
-from .models import depth_of, is_imagenet, is_residual
+from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger, run_tags
+from .loggers import wandb_config as run_wandb_config
+from .models import is_imagenet
 from .module import ClassifierModule, NonFiniteLoss
 from .wandb_io import finish_run, logged_in_wandb
 from .runs import RunDir
@@ -146,15 +146,14 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
         # module compiled in place keeps its state_dict keys, so its checkpoint loads uncompiled
         module.model.compile(mode=compile_mode_for(cfg.trainer.compile_mode, cfg.trainer.accelerator), dynamic=False)
 
-    resolved = to_dict(cfg)
     if not resume or not files.config_path.exists():
         OmegaConf.save(cfg, files.config_path)
     run_id = files.wandb_id(create=True)
     loggers = [CSVMetrics(run_dir, resume_step)]
-    family = "resnet" if is_residual(model_name) else "plain"
-    wandb_config = {**resolved, "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
-                    "train_step_used": "cuda-graph" if cuda_graph else "eager", "total_steps": schedule.total_steps, "env": environment()}
-    tags = [cfg.experiment, family, f"depth{depth_of(model_name)}", cfg.profile, *cfg.wandb.tags]
+    wandb_config = {**run_wandb_config(cfg, group), "effective_batch": cfg.data.batch_size, "lr_used": schedule.lr(0),
+                    "train_step_used": "cuda-graph" if cuda_graph else "eager", "total_steps": schedule.total_steps,
+                    "env": environment()}
+    tags = run_tags(cfg, model_name)
     # a resumed run re-computes, bit for bit, the iterations after its checkpoint: what W&B already
     # holds of them is not sent twice
     already_logged = logged_in_wandb(run_dir) if resume else set()

@@ -1,18 +1,20 @@
 """W&B beyond the logger: end-of-run summary and artifacts, and a reader for offline runs.
 
-wandb 0.31 ships no reader for offline `.wandb` files, so `read_wandb_file` parses the
-transaction log itself: a 7-byte header (":W&B", a 2-byte magic, a 1-byte version), then the
+`read_wandb_file` parses an offline run's `.wandb` transaction log with wandb's protobuf
+messages alone (wandb 0.31's own reader, `wandb leet inspect --json`, is a command line tool; the
+tests check this reader against it): a 7-byte header (":W&B", a 2-byte magic, a 1-byte version), then the
 LevelDB log format (32 KiB blocks of records: crc32c(4) length(2) type(1) payload, a message
 split across blocks as FIRST/MIDDLE/LAST), each message a `wandb_internal_pb2.Record`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from .loggers import decide_mode, say_offline
+from .loggers import decide_mode, say_offline, summary_tags, wandb_config, wandb_settings
 from .models import depth_of, is_residual
 from .paper import PAPER_TABLE6
 
@@ -25,10 +27,13 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
-    """Summary (final/best test error beside the paper's), checkpoint artifact, then finish."""
+    """Summary (final/best test error beside the paper's; the last validation error, `val/err`,
+    which a W&B sweep optimises), checkpoint artifact, then finish."""
     import wandb  # optional: wandb.mode=disabled runs without it installed
     run = wandb_logger.experiment
     summary = {k: v for k, v in status.items() if k in ("status", "final_test_err", "best_test_err", "step", "error")}
+    if status.get("last_val_err") is not None:
+        summary["val/err"] = status["last_val_err"]
     paper = PAPER_TABLE6.get(status["model"])
     if paper is not None:
         summary["paper_test_err"] = paper
@@ -43,9 +48,17 @@ def finish_run(wandb_logger, status: dict, checkpoint: Path, cfg) -> None:
     run.finish()
 
 
+def summary_run_id(group: str) -> str:
+    """The summary run's W&B id, a function of the sweep's group alone: a `--resume` of the sweep
+    continues that run instead of adding another. Hashed, since a group may hold characters a run
+    id may not."""
+    return "summary-" + hashlib.sha1(group.encode()).hexdigest()[:16]
+
+
 def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: List[dict],
                            more_tables: Optional[Dict[str, List[dict]]] = None) -> None:
-    """One extra run in the sweep's group holding the figure, the results table and any more tables."""
+    """One extra run in the sweep's group (job type `summary`) holding the sweep's resolved config,
+    the figure, the results table and any more tables."""
     mode = decide_mode(cfg.wandb.mode)
     if mode == "disabled":
         return
@@ -53,16 +66,19 @@ def log_experiment_summary(cfg, group: str, exp_dir: Path, figure: Path, rows: L
     if mode == "offline":
         say_offline(exp_dir / "summary")
     (exp_dir / "summary").mkdir(parents=True, exist_ok=True)
+
+    def init(mode: str):
+        return wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, id=summary_run_id(group),
+                          name=f"{cfg.experiment}-summary", job_type="summary", tags=summary_tags(cfg),
+                          config=wandb_config(cfg, group, run=False), dir=str(exp_dir / "summary"), mode=mode,
+                          resume="allow", reinit="create_new", settings=wandb_settings(cfg.wandb))
     try:
-        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=f"{cfg.experiment}-summary",
-                         job_type="report", dir=str(exp_dir / "summary"), mode=mode, reinit="create_new",
-                         settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
-                         tags=[cfg.experiment, "summary", cfg.profile])
+        run = init(mode)
     except Exception:
         if mode != "online":
             raise
-        run = wandb.init(project=cfg.wandb.project, group=group, name=f"{cfg.experiment}-summary", job_type="report",
-                         dir=str(exp_dir / "summary"), mode="offline", reinit="create_new")
+        wandb.teardown()  # wandb's service holds the failed attempt's run id as in use until it stops
+        run = init("offline")
     if figure.exists():
         run.log({"figure": wandb.Image(str(figure))})
     for key, table in {"results": rows, **(more_tables or {})}.items():
@@ -146,6 +162,12 @@ def read_wandb_file(path: str | Path) -> List:
     return records
 
 
+def _key(item) -> str:
+    """A history or summary key; a nested one (an image's or a table's fields) joined with dots,
+    as W&B shows it."""
+    return item.key or ".".join(item.nested_key)
+
+
 def summarize_wandb_file(path: str | Path) -> dict:
     """{run, config, history (list of dicts), summary, artifacts (name, type, files), stats (the
     system-metrics samples, list of dicts)} from a `.wandb` file."""
@@ -154,7 +176,7 @@ def summarize_wandb_file(path: str | Path) -> dict:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["run"] = {"id": rec.run.run_id, "name": rec.run.display_name, "group": rec.run.run_group,
-                          "tags": list(rec.run.tags)}
+                          "tags": list(rec.run.tags), "job_type": rec.run.job_type, "sweep_id": rec.run.sweep_id}
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
@@ -163,13 +185,11 @@ def summarize_wandb_file(path: str | Path) -> dict:
         elif kind == "history":
             row = {}
             for item in rec.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
+                row[_key(item)] = json.loads(item.value_json)
             out["history"].append(row)
         elif kind == "summary":
             for item in rec.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                out["summary"][key] = json.loads(item.value_json)
+                out["summary"][_key(item)] = json.loads(item.value_json)
         elif kind == "artifact":
             out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type,
                                      "files": [e.path for e in rec.artifact.manifest.contents]})

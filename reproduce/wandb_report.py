@@ -45,8 +45,11 @@ def _sweep_info(source: str) -> dict:
 def build_report(info: dict, entity: str, project: str):
     import wandb_workspaces.reports.v2 as wr  # optional: the `report` extra
 
-    def runset(name: str, family: str | None):
-        filters = f"Group = '{info['group']}'" + (f" and Tags() in ['{family}']" if family else "")
+    def runset(name: str, only: str):
+        """The sweep's runs (its group) of one job type (`train`, `summary`), or of one family's
+        training runs (the `family:` tag, which train.py gives each run)."""
+        where = f"Tags() in ['family:{only}']" if only in ("plain", "resnet") else f"JobType = '{only}'"
+        filters = f"Group = '{info['group']}' and {where}"
         # no entity/project of their own: the report's are used, so no login is needed to build it
         return wr.Runset(entity="", project="", name=name, filters=filters)
 
@@ -70,7 +73,7 @@ def build_report(info: dict, entity: str, project: str):
         wr.PanelGrid(runsets=[runset("ResNet", "resnet")],
                      panels=[error_panel("ResNets: error vs iterations", "resnet")]),
         wr.H2("Learning rate and temperature"),
-        wr.PanelGrid(runsets=[runset("all runs", None)],
+        wr.PanelGrid(runsets=[runset("all runs", "train")],
                      panels=[wr.LinePlot(title="lr", x="trainer/global_step", y=["lr"], title_x="iterations"),
                              wr.LinePlot(title="temperature = lr / batch", x="trainer/global_step", y=["temperature"],
                                          title_x="iterations", log_y=True)]),

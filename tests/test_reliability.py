@@ -60,11 +60,13 @@ def test_corrupt_batch_file_is_named(tmp_path):
 
 
 def test_wandb_online_failure_falls_back_to_offline(tmp_path):
-    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
+    # a login and a server that refuses every connection (WANDB_MODE=online: conftest sets offline)
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": "online"}
     proc = run_cli("resnet", "--smoke", "models=[resnet8]", "wandb.mode=online", "wandb.init_timeout=10",
                    f"out_dir={tmp_path}", env=env, timeout=300)
     assert "logging offline instead" in proc.stderr
     assert glob.glob(str(tmp_path / "resnet" / "resnet8" / "wandb" / "offline-run-*" / "*.wandb"))
+    assert glob.glob(str(tmp_path / "resnet" / "summary" / "wandb" / "offline-run-*" / "*.wandb"))  # the summary run too
     assert (tmp_path / "resnet" / "results.md").exists()
 
 

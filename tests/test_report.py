@@ -1,26 +1,3 @@
-import json
-
-import pytest
-
-from .conftest import run_cli
-
-
-@pytest.mark.smoke  # a smoke sweep through the CLI
-def test_wandb_report_dry_run_writes_the_figure_panels(tmp_path):
-    run_cli("resnet", "--smoke", "models=[plain8,resnet8]", f"out_dir={tmp_path}", timeout=300)
-    run_cli("report", tmp_path, "--dry-run", timeout=120)
-    spec = json.loads((tmp_path / "resnet" / "report.json").read_text())
-    text = json.dumps(spec)
-    ids = {d.name: (d / "wandb_id.txt").read_text() for d in (tmp_path / "resnet").iterdir() if (d / "wandb_id.txt").exists()}
-    for panel in ("plain nets: error vs iterations", "ResNets: error vs iterations", "temperature = lr / batch"):
-        assert panel in text
-    assert "train/err" in text and "test/err" in text and "trainer/global_step" in text
-    assert f"{ids['plain8']}:train/err" in text and "dashed" in text  # training error dashed, per run
-    group = json.loads((tmp_path / "resnet" / "sweep.json").read_text())["group"]
-    assert group in text
-    assert "lr_drops" in text  # the table of training-error steps at each drop
-
-
 def test_step_at_drop_separates_a_step_from_a_falling_trend():
     from reproduce.report import step_at_drop
     trend = [(x, 60.0 - 0.05 * x) for x in range(10, 561, 10)]

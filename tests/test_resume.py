@@ -17,9 +17,9 @@ import torch
 
 from reproduce.module import TRAIN_SUMS
 from reproduce.runs import read_rows
-from reproduce.wandb_io import summarize_wandb_file
 
 from .conftest import run_cli
+from .wandb_files import read_run
 
 # resnet8 on synthetic data, 24 iterations of batch 16: lr halved at 12 and 18, evaluations every 6,
 # checkpoints every 4 (so some evaluations fall between checkpoints), one thread (deterministic).
@@ -77,7 +77,7 @@ def _checkpoint(run_dir: Path) -> dict:
 def _wandb_history(run_dir: Path) -> list:
     rows = []
     for path in sorted(glob.glob(str(run_dir / "wandb" / "*run-*" / "*.wandb"))):
-        rows += summarize_wandb_file(path)["history"]
+        rows += read_run(path)["history"]
     return [(int(r["trainer/global_step"]), k, v) for r in rows if "trainer/global_step" in r
             for k, v in r.items() if not k.startswith("_") and k != "trainer/global_step"]
 

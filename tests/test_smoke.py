@@ -8,9 +8,8 @@ import pytest
 
 from reproduce.config import experiments
 from reproduce.runs import read_metrics
-from reproduce.wandb_io import summarize_wandb_file
-
 from .conftest import run_cli
+from .wandb_files import read_run
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +62,10 @@ def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke)
     exp, proc = resnet_smoke
     files = glob.glob(str(exp / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))
     assert len(files) == 1
-    log = summarize_wandb_file(files[0])
+    log = read_run(files[0])
     assert log["run"]["name"] == "resnet20" and log["run"]["group"].startswith("resnet-")
-    assert set(log["run"]["tags"]) >= {"resnet", "depth20", "smoke"}
+    assert log["run"]["tags"] == ["experiment:resnet", "family:resnet", "depth:20", "profile:smoke"]
+    assert log["run"]["job_type"] == "train"
     cfg = log["config"]
     assert cfg["schedule"]["factor"] == 0.5 and cfg["schedule"]["milestones"] == [4, 6]
     assert cfg["effective_batch"] == 16 and cfg["lr_used"] == pytest.approx(0.1)
@@ -81,11 +81,12 @@ def test_wandb_offline_files_hold_config_history_summary_artifacts(resnet_smoke)
     assert any(a["type"] == "model" for a in log["artifacts"])
     summary = glob.glob(str(exp / "summary" / "wandb" / "offline-run-*" / "*.wandb"))
     assert summary, "the sweep's summary run with the figure and the table"
-    s = summarize_wandb_file(summary[0])
-    keys = {k.split("/")[0] for r in s["history"] for k in r}
+    s = read_run(summary[0])
+    keys = {k.split(".")[0] for r in s["history"] for k in r}
     assert {"figure", "results", "lr_drops"} <= keys  # an image and W&B Tables
     assert any(a["type"] == "run_table" for a in s["artifacts"])
     assert "wandb sync" in proc.stderr
+    assert "wandb: WARNING" not in proc.stderr + proc.stdout
 
 
 def test_sweep_states_its_plan_estimate_and_progress(resnet_smoke):
@@ -103,7 +104,7 @@ def test_sweep_states_its_plan_estimate_and_progress(resnet_smoke):
 
 def test_wandb_keeps_the_code_system_metrics_and_a_curves_table(resnet_smoke):
     exp, _ = resnet_smoke
-    log = summarize_wandb_file(glob.glob(str(exp / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))[0])
+    log = read_run(glob.glob(str(exp / "resnet20" / "wandb" / "offline-run-*" / "*.wandb"))[0])
     code = [a for a in log["artifacts"] if a["type"] == "code"]
     assert len(code) == 1 and {"train.py", "callbacks/progress.py", "models/cifar.py"} <= set(code[0]["files"])
     assert log["config"]["_wandb"]["code_path"] == code[0]["name"]  # the run's Code tab
@@ -117,7 +118,7 @@ def test_wandb_keeps_the_code_system_metrics_and_a_curves_table(resnet_smoke):
         assert sorted(r["iteration"] for r in rows if r["model"] == model and r["metric"] == "test/err") == [4, 8]
         assert sorted(r["iteration"] for r in rows if r["model"] == model and r["metric"] == "train/err") == [2, 4, 6, 8]
     assert {r["family"] for r in rows if r["model"] == "resnet110"} == {"resnet"}
-    s = summarize_wandb_file(glob.glob(f"{summary_dir}/*.wandb")[0])
+    s = read_run(glob.glob(f"{summary_dir}/*.wandb")[0])
     assert any("curves" in k for r in s["history"] for k in r)
 
 
