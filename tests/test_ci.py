@@ -91,8 +91,9 @@ def test_workflow_runs_the_built_wheel_from_an_empty_directory():
     assert not any("pip install -e" in line for line in lines)
     run = job["steps"][-1]["run"].splitlines()
     after_cd = run[run.index('cd "$RUNNER_TEMP/empty"'):]
-    for command in ("reproduce --version", "reproduce list", "reproduce resnet --smoke"):
+    for command in ("reproduce --version", "reproduce list | tee experiments.txt", "reproduce resnet --smoke"):
         assert command in after_cd, command
+    assert any(line.startswith('grep -q "^resnet " experiments.txt') for line in after_cd)
 
 
 def test_workflow_installs_torch_at_the_floor_in_the_lowest_entries():
