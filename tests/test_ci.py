@@ -65,7 +65,7 @@ def test_workflow_smokes_every_experiment_on_the_matrix():
 
 
 def test_workflow_pins_actions_by_commit_and_keeps_the_token_out_of_git():
-    """Each action by full commit SHA with its tag in a comment (the tag is what Dependabot reads);
+    """Each action by full commit SHA with its tag in a comment (the version a reader and Dependabot see);
     every checkout without persisted credentials; no permission granted to the whole workflow,
     read access to the contents per job. zizmor checks this too where the lint extra is installed."""
     text = WORKFLOW.read_text()
