@@ -24,6 +24,7 @@ from .experiments import failed_runs, kind_of, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
 from .loggers import sweep_agent
+from .runs import read_status
 from .sweep import DEBUG_ENV, SWEEP_CONFIG, run_trial
 from .wandb_report import main as report_main
 
@@ -166,12 +167,16 @@ def _main(argv) -> int:
         print(dry_run(cfg))
         return 0
     agent = sweep_agent()
-    outputs = run_trial(cfg, KINDS[cfg.kind].plans(cfg), *agent) if agent else run_experiment(cfg, overwrite=args.overwrite)
+    if agent:  # one trial of a W&B sweep
+        outputs = run_trial(cfg, kind.plans(cfg), *agent)
+        failed, total = [agent[1]] if read_status(outputs["run"]).get("status") == "failed" else [], 1
+    else:
+        outputs = run_experiment(cfg, overwrite=args.overwrite)
+        failed = failed_runs(cfg)
+        total = len([n for n, _ in kind.plans(cfg) if not cfg.only or n in cfg.only])
     for name, path in outputs.items():
         print(f"{name}: {path}")
-    failed = failed_runs(cfg)
     if failed:  # the report marks them FAILED; the exit status tells scripts and CI
-        total = len([n for n, _ in kind.plans(cfg) if not cfg.only or n in cfg.only])
         print(f"error: {len(failed)} of {total} runs failed ({', '.join(failed)}); "
               f"see their status.json, or results.md", file=sys.stderr)
         return 1
