@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytorch_lightning  # noqa: F401  (imported before quiet_libraries: it sets its loggers' levels on import)
@@ -24,7 +26,7 @@ from .data.datamodule import train_size_of
 from .experiments import KINDS, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
-from .sweep import DEBUG_ENV, SWEEP_CONFIG
+from .sweep import DEBUG_ENV, SWEEP_CONFIG, watch_parent
 from .wandb_report import main as report_main
 
 USAGE = """python -m reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
@@ -100,9 +102,16 @@ def quiet_libraries() -> None:
     ignore_known_warnings()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's SIGTERM stops as Ctrl-C does; during training the checkpoint callback takes it
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    watch_parent()
     debug = "--debug" in argv
     if debug:
         os.environ[DEBUG_ENV] = "1"

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, LRSchedule, StopAtLastStep
-from .callbacks.checkpoint import Fault, RunInterrupted
+from .callbacks.checkpoint import Fault, RunInterrupted, checkpoint_step
 from .config import to_dict
 from .errors import ConfigError
 from .graph_step import steps_per_call_for, train_step_for
@@ -113,9 +113,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     ckpt_cb = AtomicCheckpoint(files.checkpoint_dir, cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
                                Fault.from_env(name), stop_check_every=cfg.trainer.log_every)
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
-    # mmap: only the header is read to learn the step; the tensors load later, inside fit
-    resume_step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"] \
-        if ckpt_path else None
+    resume_step = checkpoint_step(ckpt_path) if ckpt_path else None  # the tensors load later, inside fit
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -18,7 +18,7 @@ MODULE_TIERS = {
     "test_ci": "unit", "test_config": "unit", "test_data": "unit", "test_imagenet": "unit", "test_models": "unit",
     "test_progress": "unit", "test_report": "unit", "test_schedules": "unit", "test_wandb_io": "unit",
     "test_keys": "unit", "test_units": "unit", "test_train_step": "unit", "test_temperature_report": "unit",
-    "test_smoke": "smoke", "test_reliability": "smoke",
+    "test_smoke": "smoke", "test_reliability": "smoke", "test_run_dir": "smoke",
     "test_bench": "slow", "test_real_data": "slow", "test_resume": "slow", "test_gpu_path": "slow",
     "test_ddp": "ddp",
 }

@@ -1,0 +1,161 @@
+"""A run directory is never silently thrown away, raced or trusted blindly: the checkpoint decides
+where a run is, one process owns a directory, signals reach a parallel sweep's workers, damaged
+files are named, nothing in a received file runs. The CLI is driven as a user or a scheduler
+would; faults land at iterations chosen by REPRODUCE_FAULT, never at a wall-clock moment.
+"""
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from reproduce.runs import LOCK_FILE, read_rows
+
+from .conftest import ROOT, run_cli
+
+# resnet8 on synthetic data, 16 iterations of batch 16: checkpoints every 4, logs every 2
+BASE = ["resnet", "--smoke", "models=[resnet8]", "schedule.max_steps=16", "schedule.milestones=[8,12]",
+        "trainer.threads=1", "trainer.deterministic=true", "wandb.mode=disabled"]
+
+
+def one_line_exit_2(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """One run SIGKILLed at iteration 10: its checkpoint is at 8, metrics.csv runs to 10. Each test
+    takes a copy (`copy_of`)."""
+    out = tmp_path_factory.mktemp("killed")
+    proc = run_cli(*BASE, f"out_dir={out}", env={"REPRODUCE_FAULT": "kill:step:10"}, check=False, new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def copy_of(killed, tmp_path):
+    def copy():
+        shutil.copytree(killed, tmp_path / "out")
+        return tmp_path / "out", tmp_path / "out" / "resnet" / "resnet8"
+    return copy
+
+
+def no_duplicates(run: Path) -> None:
+    pairs = Counter((r["step"], r["metric"]) for r in read_rows(run / "metrics.csv"))
+    assert max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1]
+
+
+# --- 1. the checkpoint is the truth of where a run is -------------------------------------------
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "not an object"])
+def test_a_missing_or_damaged_status_continues_from_the_checkpoint(damage, copy_of):
+    out, run = copy_of()
+    before = [r for r in read_rows(run / "metrics.csv") if r["step"] <= 8]
+    status = run / "status.json"
+    if damage == "deleted":
+        status.unlink()
+    else:
+        status.write_text("{garbage" if damage == "garbage" else "[1, 2]")
+    proc = run_cli("resnet", "--resume", out)
+    assert "continuing from its checkpoint" in proc.stderr
+    if damage != "deleted":
+        assert f"{status} is damaged" in proc.stdout
+    rows = read_rows(run / "metrics.csv")
+    assert [r for r in rows if r["step"] <= 8] == before  # the iterations before the checkpoint kept, not retrained
+    no_duplicates(run)
+    assert json.loads(status.read_text())["status"] == "done"
+
+
+def test_a_deleted_checkpoint_stops_and_changes_nothing(copy_of):
+    out, run = copy_of()
+    (run / "checkpoints" / "last.ckpt").unlink()
+    metrics = (run / "metrics.csv").read_bytes()
+    proc = run_cli("resnet", "--resume", out, check=False)
+    one_line_exit_2(proc, run / "checkpoints" / "last.ckpt", "iteration 10", "--overwrite")
+    assert (run / "metrics.csv").read_bytes() == metrics
+
+
+def test_a_directory_that_is_no_sweep_is_never_deleted(tmp_path):
+    keep = tmp_path / "resnet" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    proc = run_cli(*BASE, f"out_dir={tmp_path}", "--overwrite", check=False)
+    one_line_exit_2(proc, tmp_path / "resnet", "no sweep")
+    assert keep.read_text() == "mine"
+
+
+# --- 2. one process per run directory -----------------------------------------------------------
+
+def _wait_stopped(pid: int) -> None:
+    """Until the process has stopped itself (SIGSTOP from the fault hook): a state, not a clock."""
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.05)
+
+
+def test_a_live_directory_is_refused_to_a_second_process(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REPRODUCE_FAULT": "stop:step:6"}
+    live = subprocess.Popen([sys.executable, "-m", "reproduce", *BASE, f"out_dir={tmp_path}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_stopped(live.pid)
+        sweep = tmp_path / "resnet"
+        for args in (["resnet", "--resume", tmp_path], [*BASE, f"out_dir={tmp_path}", "--overwrite"],
+                     [*BASE, f"out_dir={tmp_path}"], ["resnet", "--resume", tmp_path, "only=[resnet8]"]):
+            one_line_exit_2(run_cli(*args, check=False), f"{sweep} is in use by process {live.pid}")
+        assert (sweep / "resnet8" / "checkpoints" / "last.ckpt").exists()  # --overwrite deleted nothing
+    finally:
+        live.send_signal(signal.SIGCONT)
+        _, err = live.communicate(timeout=300)
+    assert live.returncode == 0, err[-3000:]
+    no_duplicates(tmp_path / "resnet" / "resnet8")
+    assert json.loads((tmp_path / "resnet" / "resnet8" / "status.json").read_text())["step"] == 16
+
+
+# --- 3. signals reach every worker of a parallel sweep ------------------------------------------
+
+PARALLEL = [*BASE, "models=[resnet8,plain8]", "trainer.parallel=2"]
+
+
+def _wait_unlocked(lock: Path) -> None:
+    """Until no process holds `lock` (the run's worker has exited): a state, not a clock."""
+    while subprocess.run(["flock", "-n", lock, "true"]).returncode != 0:
+        time.sleep(0.1)
+
+
+def _resume_finishes(out: Path) -> None:
+    run_cli("resnet", "--resume", out)
+    for name in ("resnet8", "plain8"):
+        status = json.loads((out / "resnet" / name / "status.json").read_text())
+        assert status["status"] == "done" and status["step"] == 16, status
+        no_duplicates(out / "resnet" / name)
+
+
+@pytest.mark.parametrize("fault,code", [("term-sweep:step:5:resnet8", 130), ("kill-sweep:step:5:resnet8", -signal.SIGKILL)])
+def test_a_signal_to_a_parallel_sweep_stops_its_workers(fault, code, tmp_path):
+    """SIGTERM to the sweep alone (a scheduler's preemption): it stops each worker at a step boundary
+    with its checkpoint, then exits 130. SIGKILL of the sweep alone: the workers stop by themselves."""
+    proc = run_cli(*PARALLEL, f"out_dir={tmp_path}", env={"REPRODUCE_FAULT": fault}, check=False, new_session=True)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    run = tmp_path / "resnet" / "resnet8"
+    for name in ("resnet8", "plain8"):
+        _wait_unlocked(tmp_path / "resnet" / name / LOCK_FILE)  # immediate after a SIGTERM: the sweep waited
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 5, status
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == status["step"]
+    if code == 130:
+        assert "resnet8: interrupted at iteration" in proc.stdout
+    _resume_finishes(tmp_path)
