@@ -159,3 +159,44 @@ def test_a_signal_to_a_parallel_sweep_stops_its_workers(fault, code, tmp_path):
     if code == 130:
         assert "resnet8: interrupted at iteration" in proc.stdout
     _resume_finishes(tmp_path)
+
+
+# --- 4. no code runs from data ------------------------------------------------------------------
+
+class Payload:
+    """What an attacker's pickle holds: a call that runs when the file is unpickled."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("damage", ["pickle payload", "truncated", "garbage"])
+def test_a_bad_checkpoint_is_refused_in_one_line_and_runs_nothing(damage, copy_of, tmp_path):
+    out, run = copy_of()
+    ckpt, marker = run / "checkpoints" / "last.ckpt", tmp_path / "ran"
+    if damage == "pickle payload":
+        torch.save({"global_step": Payload(marker), "state_dict": {}}, ckpt)
+    elif damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    else:
+        ckpt.write_bytes(b"not a checkpoint" * 100)
+    one_line_exit_2(run_cli("resnet", "--resume", out, check=False), ckpt, "--overwrite")
+    assert not marker.exists()
+
+
+def test_a_cifar_batch_with_a_pickle_payload_runs_nothing(tmp_path):
+    import numpy as np
+    from reproduce.data.cifar10 import TRAIN_FILES
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in TRAIN_FILES + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((10, 3072), np.uint8), "labels": [0] * 10,
+                                                  "filenames": ["a.png"] * 10}))
+    marker = tmp_path / "ran"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Payload(marker), "labels": [0] * 10}))
+    proc = run_cli(*BASE, "data.dataset=cifar10", f"data.root={tmp_path / 'cifar'}", "data.download=false",
+                   f"out_dir={tmp_path / 'out'}", check=False)
+    one_line_exit_2(proc, folder / "data_batch_3", f"refused {os.system.__module__}.system")
+    assert not marker.exists()
