@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from .bench import main as bench_main
 from .callbacks.checkpoint import Fault
 from .callbacks.progress import SWEEP
-from .config import CONFIG_DIR, ConfigError, _merge, apply_override, compose, derive, experiments, load_yaml, new_config, validate
+from .config import (CONFIG_DIR, ConfigError, _merge, apply_override, check_resume_changes, compose, derive, experiments,
+                     load_yaml, new_config, validate)
 from .data.cifar10 import DataError
 from .data.datamodule import train_size_of
 from .experiments import KINDS, run_experiment
@@ -81,13 +82,15 @@ def _resume_config(experiment: str, where: str, overrides):
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
         if candidate.exists():
-            cfg = _merge(new_config(), OmegaConf.load(candidate), str(candidate))
-            if cfg.experiment != experiment:
-                raise ConfigError(f"--resume {where}: that sweep is '{cfg.experiment}', not '{experiment}'")
+            saved = _merge(new_config(), load_yaml(candidate), str(candidate))
+            if saved.experiment != experiment:
+                raise ConfigError(f"--resume {where}: that sweep is '{saved.experiment}', not '{experiment}'")
+            cfg = saved
             for item in overrides:
                 cfg = apply_override(cfg, item)
             cfg.out_dir, cfg.resume = str(candidate.parent.parent), True
             cfg = derive(cfg)
+            check_resume_changes(saved, cfg, str(candidate))
             validate(cfg)
             return cfg
     raise ConfigError(f"--resume {where}: no run to resume there (looked for {base / SWEEP_CONFIG} "

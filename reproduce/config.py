@@ -256,7 +256,12 @@ def _experiment_layers(experiment: str, seen=()):
 
 
 RUN_ONLY_KEYS = {"seed": "the seed of each run comes from `seeds`: to run seed {value} use seeds=[{value}] "
-                         "(several at once: seeds=[0,1,2])"}
+                         "(several at once: seeds=[0,1,2])",
+                 # the CLI sets these: accepting them would relabel or move a sweep without doing what they say
+                 "experiment": "the experiment is the command's first word: python -m reproduce EXPERIMENT "
+                               "(`python -m reproduce list` shows them); to put a sweep elsewhere use out_dir=",
+                 "profile": "choose the profile with --quick or --smoke (the paper's recipe is the default)",
+                 "resume": "continue a sweep with --resume [DIR]"}
 
 
 def reject_run_only_keys(layer: Any, source: str) -> None:
@@ -386,6 +391,35 @@ def validate(cfg: DictConfig) -> None:
     # and an explicit trainer.steps_per_call, once the schedule it must divide is known to be valid
     schedule = Schedule.for_run(cfg)
     steps_per_call_for(cfg, train_step, schedule.total_steps, schedule.batch_phase_starts())
+
+
+# What `--resume` may change: how the rest of the run is executed and logged, never what it trains
+# (a changed lr, length or batch would splice two runs into one set of curves)
+RESUME_KEYS = ("trainer.threads", "trainer.progress", "trainer.parallel", "trainer.accelerator", "trainer.train_step",
+               "data.root", "data.download", "data.workers", "data.on_device", "wandb.mode", "wandb.init_timeout",
+               "wandb.flush_every_s", "wandb.log_model", "only")
+
+
+def _leaves(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def check_resume_changes(saved: DictConfig, cfg: DictConfig, source: str) -> None:
+    """`--resume` runs what was started: an override outside RESUME_KEYS that changes the saved
+    sweep config fails in one line naming the key and both values."""
+    before, after = (_leaves(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
+    for key in sorted(set(before) | set(after)):
+        if key in ("out_dir", "resume") or any(key == k or key.startswith(k + ".") for k in RESUME_KEYS):
+            continue
+        if before.get(key) != after.get(key):
+            raise ConfigError(f"--resume cannot change {key}: {source} has {before.get(key)!r}, the override gives "
+                              f"{after.get(key)!r}; start a new sweep for that (another out_dir=), or drop the override. "
+                              f"--resume may change: {', '.join(RESUME_KEYS)}")
 
 
 def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .callbacks.checkpoint import LAST, checkpoint_step
 from .callbacks.progress import SWEEP, PlannedRun, duration
-from .config import ConfigError, quick_equivalent
+from .config import RESUME_KEYS, ConfigError, quick_equivalent
 from .models import build
 from .schedules import Schedule
 from .runs import LOCK_FILE, SWEEP_PID_ENV, RunDir, lock_dir, read_status, unlock
@@ -38,8 +39,19 @@ QUICK_MEASURED = {"resnet": "18 min 6 s", "batch-scaling": "15 min 1 s"}
 QUICK_BOUND = "at most 20 min"
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+def plain_name(name: str, what: str) -> str:
+    """A directory name that stays inside its parent: no '/', no '..', not absolute."""
+    if not PLAIN_NAME.fullmatch(str(name)) or ".." in str(name):
+        raise ConfigError(f"{what} {name!r} is not a plain name (letters, digits, . _ + = -; no '/' or '..'), "
+                          f"so its directory would not stay inside out_dir")
+    return name
+
+
 def experiment_dir(cfg) -> Path:
-    return Path(cfg.out_dir).expanduser() / cfg.experiment
+    return Path(cfg.out_dir).expanduser() / plain_name(cfg.experiment, "experiment")
 
 
 def run_name(model: str, seed: int, seeds: List[int]) -> str:
@@ -139,6 +151,7 @@ def run_actions(cfg, plans: List[tuple], exp_dir: Path) -> Dict[str, str]:
     another process holds (an orphaned worker, a second sweep) stops the sweep here."""
     actions = {}
     for name, run_cfg in plans:
+        plain_name(name, "run name")
         if rank_zero_only.rank == 0 and (exp_dir / name).exists():
             unlock(lock_dir(exp_dir / name))
         actions[name] = resume_action(name, run_cfg, exp_dir / name) if cfg.resume else "fresh"
@@ -255,6 +268,27 @@ def watch_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def runtime_overrides(cfg) -> List[str]:
+    """The run-time keys (config.RESUME_KEYS) of this sweep's command, for its workers, which read
+    the rest from sweep.yaml. JSON values read back as the same YAML values."""
+    return [f"{key}={json.dumps(OmegaConf.select(cfg, key))}" for key in RESUME_KEYS
+            if key not in ("only", "trainer.parallel", "trainer.threads")]
+
+
+def mark_failed(run_dir: Path, run_cfg, returncode: int) -> dict:
+    """A worker that ended without a status (it could not start the run): the run is FAILED in the
+    report, with the worker's last line, rather than missing from it."""
+    files = RunDir(run_dir)
+    log = run_dir / "worker.log"
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    status = {"model": run_cfg.models[0], "name": run_dir.name, "seed": run_cfg.seed, "status": "failed", "step": 0,
+              "error": f"the worker exited {returncode}: {lines[-1] if lines else 'no output'} ({log})"}
+    if not files.config_path.exists():
+        OmegaConf.save(run_cfg, files.config_path)
+    files.write_status(**status)
+    return status
+
+
 def run_parallel(cfg, plans: List[tuple], exp_dir: Path, actions: Dict[str, str]) -> List[dict]:
     """Train the sweep's runs `trainer.parallel` at a time, each in its own process
     (`python -m reproduce EXPERIMENT --resume DIR only=[NAME]`), on GPU i % n_gpus; one ResNet-20
@@ -278,7 +312,7 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path, actions: Dict[str, str]
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
                 slot += 1
                 cmd = [sys.executable, "-m", "reproduce", cfg.experiment, "--resume", str(exp_dir), f"only=[{name}]",
-                       "trainer.parallel=1", f"trainer.threads={threads}"]
+                       "trainer.parallel=1", f"trainer.threads={threads}", *runtime_overrides(cfg)]
                 (exp_dir / name).mkdir(parents=True, exist_ok=True)
                 log = open(exp_dir / name / "worker.log", "a")
                 running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -287,6 +321,8 @@ def run_parallel(cfg, plans: List[tuple], exp_dir: Path, actions: Dict[str, str]
                 if proc.poll() is not None:
                     del running[name]
                     st = read_status(exp_dir / name)
+                    if proc.returncode not in (0, 130) and st.get("status") not in ("done", "failed", "interrupted"):
+                        st = mark_failed(exp_dir / name, dict(plans)[name], proc.returncode)
                     print(f"{name}: {st.get('status', 'no status')} (exit {proc.returncode})"
                           + (f" {st.get('error')}" if st.get("error") else ""), flush=True)
                     for line in SWEEP.finish(name, st.get("status", "failed"), st.get("wall_s"), st.get("step")):

@@ -6,6 +6,7 @@ would; faults land at iterations chosen by REPRODUCE_FAULT, never at a wall-cloc
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -200,3 +201,65 @@ def test_a_cifar_batch_with_a_pickle_payload_runs_nothing(tmp_path):
                    f"out_dir={tmp_path / 'out'}", check=False)
     one_line_exit_2(proc, folder / "data_batch_3", f"refused {os.system.__module__}.system")
     assert not marker.exists()
+
+
+# --- 5. paths stay inside out_dir ---------------------------------------------------------------
+
+@pytest.mark.parametrize("override,key", [("experiment=../../elsewhere", "experiment"), ("profile=quick", "profile"),
+                                          ("resume=true", "resume"), ("seed=3", "seed")])
+def test_keys_only_the_cli_sets_are_refused(override, key):
+    from reproduce.config import ConfigError, compose
+    with pytest.raises(ConfigError, match=f"'{key}' cannot be set"):
+        compose("resnet", "smoke", [override])
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", ".hidden", ""])
+def test_a_name_that_is_no_plain_name_is_refused(name):
+    from reproduce.config import ConfigError
+    from reproduce.sweep import plain_name
+    with pytest.raises(ConfigError, match="not a plain name"):
+        plain_name(name, "run name")
+    assert plain_name("b512-linear-warmup", "run name") == "b512-linear-warmup"
+
+
+def test_experiment_override_cannot_escape_out_dir(tmp_path):
+    proc = run_cli(*BASE, f"out_dir={tmp_path / 'out'}", f"experiment={tmp_path / 'elsewhere'}", "--overwrite", check=False)
+    one_line_exit_2(proc, "'experiment' cannot be set", "out_dir=")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "out").exists()
+
+
+# --- 6. --resume runs what was started ----------------------------------------------------------
+
+@pytest.mark.parametrize("override,key,before,after", [
+    ("schedule.lr=0.2", "schedule.lr", 0.1, 0.2), ("schedule.max_steps=32", "schedule.max_steps", 16, 32),
+    ("data.batch_size=32", "data.batch_size", 16, 32), ("models=[resnet8,plain8]", "models", ["resnet8"], ["resnet8", "plain8"])])
+def test_resume_refuses_an_override_that_changes_training(override, key, before, after, killed):
+    from reproduce.cli import _resume_config
+    from reproduce.config import ConfigError
+    with pytest.raises(ConfigError, match=f"--resume cannot change {key}: .* has {re.escape(repr(before))}, "
+                                          f"the override gives {re.escape(repr(after))}"):
+        _resume_config("resnet", str(killed), [override])
+    cfg = _resume_config("resnet", str(killed), ["trainer.progress=false", "wandb.mode=offline", "trainer.threads=2"])
+    assert (cfg.trainer.progress, cfg.wandb.mode, cfg.trainer.threads) == (False, "offline", 2)
+
+
+def test_resume_refuses_a_changed_lr_from_the_cli(copy_of):
+    out, run = copy_of()
+    metrics = (run / "metrics.csv").read_bytes()
+    one_line_exit_2(run_cli("resnet", "--resume", out, "schedule.lr=0.2", check=False), "schedule.lr", "0.1", "0.2")
+    assert (run / "metrics.csv").read_bytes() == metrics
+
+
+def test_a_worker_that_dies_is_failed_and_resume_overrides_reach_the_workers(tmp_path):
+    """A parallel worker SIGKILLed (an OOM kill): its run is FAILED in results.md, not missing.
+    --resume with wandb.mode=offline (the sweep ran with W&B off): the workers log to W&B."""
+    proc = run_cli(*PARALLEL, f"out_dir={tmp_path}", env={"REPRODUCE_FAULT": "kill:step:5:resnet8"}, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    row = next(line for line in (tmp_path / "resnet" / "results.md").read_text().splitlines() if line.startswith("| resnet8 |"))
+    assert "FAILED" in row and "worker exited -9" in row, row
+    run_cli("resnet", "--resume", tmp_path, "wandb.mode=offline")
+    for name in ("resnet8", "plain8"):
+        status = json.loads((tmp_path / "resnet" / name / "status.json").read_text())
+        assert status["status"] == "done" and status["step"] == 16, status
+        no_duplicates(tmp_path / "resnet" / name)
+    assert list((tmp_path / "resnet" / "resnet8" / "wandb").glob("offline-run-*/*.wandb"))
