@@ -27,6 +27,7 @@ from .data.datamodule import train_size_of
 from .experiments import KINDS, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
+from .runs import write_error
 from .sweep import DEBUG_ENV, SWEEP_CONFIG, watch_parent
 from .wandb_report import main as report_main
 
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
         if isinstance(e, (ConfigError, DataError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, OSError) and e.filename:  # a full disk, a lost mount: the file and what to do
+            print(f"error: {write_error(Path(e.filename), e)}", file=sys.stderr)
+            return 1
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1

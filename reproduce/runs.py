@@ -54,18 +54,24 @@ def unlock(fd: int) -> None:
 
 def write_error(path: Path, e: OSError) -> str:
     """The one line for a file that could not be written (a full disk, a lost mount)."""
+    if str(e.strerror).startswith("cannot write"):
+        return e.strerror  # already this line
     return f"cannot write {path}: {e.strerror}" + ("; free some space there, then continue with --resume"
                                                     if e.errno == errno.ENOSPC else "")
 
 
 def write_rows(path: Path, rows: List[dict]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "metric", "value"])
-        for r in rows:
-            w.writerow([r["step"], r["metric"], r["value"]])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "metric", "value"])
+            for r in rows:
+                w.writerow([r["step"], r["metric"], r["value"]])
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: no partial file left behind
+        raise
 
 
 def read_rows(path: str | Path) -> List[dict]:

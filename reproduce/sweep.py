@@ -128,6 +128,7 @@ def resume_action(name: str, run_cfg, run_dir: Path) -> str:
     except ConfigError as e:
         print(f"{name}: {e}; {'the checkpoint decides' if ckpt.exists() else 'read as no status'}", flush=True)
         status = {}
+    files.metrics()  # a damaged metrics.csv fails here, naming it, before any run trains
     if ckpt.exists():
         step = checkpoint_step(ckpt)
         if status.get("status") == "done" and step >= Schedule.for_run(run_cfg).total_steps:

@@ -5,6 +5,7 @@ status.json (running | done | failed | interrupted, with the final numbers) and 
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -183,6 +184,7 @@ def execute(run: Run, debug: bool = False) -> dict:
     if trainer.is_global_zero:
         files.write_status(**status)
     t0 = time.time()
+    disk_full = None  # a full disk stops the sweep (every run would hit it) once the status is written
     try:
         with warnings.catch_warnings():
             ignore_known_warnings()
@@ -202,6 +204,9 @@ def execute(run: Run, debug: bool = False) -> dict:
                       step=trainer.global_step, traceback=traceback.format_exc())
         if debug:
             raise
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            disk_full = e
+            status["error"] = e.strerror
     status["wall_s"] = round(time.time() - t0, 1)
     metrics = files.metrics()
     for key in ("train/err", "val/err", "test/err"):
@@ -210,9 +215,16 @@ def execute(run: Run, debug: bool = False) -> dict:
     if metrics.get("test/err"):
         status["best_test_err"] = min(v for _, v in metrics["test/err"])
     if trainer.is_global_zero:
-        files.write_status(**status)
+        try:
+            files.write_status(**status)
+        except OSError as e:
+            if disk_full is None:
+                raise
+            status["error"] += f" (and {files.status_path}: {e.strerror})"
         if run.wandb is not None:
             finish_run(run.wandb, status, run.checkpoint.last_path, run.cfg)
+    if disk_full is not None:
+        raise disk_full
     return status
 
 

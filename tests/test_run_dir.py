@@ -61,7 +61,7 @@ def no_duplicates(run: Path) -> None:
 
 # --- 1. the checkpoint is the truth of where a run is -------------------------------------------
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage", "not an object"])
+@pytest.mark.parametrize("damage", ["deleted", "not an object"])
 def test_a_missing_or_damaged_status_continues_from_the_checkpoint(damage, copy_of):
     out, run = copy_of()
     before = [r for r in read_rows(run / "metrics.csv") if r["step"] <= 8]
@@ -263,3 +263,65 @@ def test_a_worker_that_dies_is_failed_and_resume_overrides_reach_the_workers(tmp
         assert status["status"] == "done" and status["step"] == 16, status
         no_duplicates(tmp_path / "resnet" / name)
     assert list((tmp_path / "resnet" / "resnet8" / "wandb").glob("offline-run-*/*.wandb"))
+
+
+# --- 7. checkpoints are finite ------------------------------------------------------------------
+
+def test_the_kept_checkpoint_of_a_diverging_run_is_finite(tmp_path):
+    proc = run_cli(*BASE, f"out_dir={tmp_path}", "schedule.lr=1000", "trainer.checkpoint_every=1",
+                   "trainer.log_every=8", "trainer.eval_every=8", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    run = tmp_path / "resnet" / "resnet8"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "found before its checkpoint" in status["error"], status
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == status["step"] - 1
+    for key, value in ckpt["state_dict"].items():
+        assert torch.isfinite(value.float()).all(), key
+
+
+# --- 8. damaged files and a full disk -----------------------------------------------------------
+
+def test_a_cut_off_last_metrics_line_is_dropped(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,metric,value\r\n2,train/loss,2.5\r\n4,train/loss,2.2")  # cut mid-number
+    assert read_rows(path) == [{"step": 2, "metric": "train/loss", "value": 2.5}]
+
+
+@pytest.mark.parametrize("name,content", [("metrics.csv", "step,metric,value\r\nx,train/loss,1\r\n"),
+                                          ("sweep.yaml", "models: [a\n  b: ]: ["), ("sweep.json", "[]")])
+def test_a_damaged_file_is_named_in_one_line(name, content, copy_of):
+    out, run = copy_of()
+    path = (run if name in ("metrics.csv", "status.json") else run.parent) / name
+    path.write_text(content)
+    one_line_exit_2(run_cli("resnet", "--resume", out, check=False), path)
+
+
+@pytest.mark.parametrize("content", ["{garbage", "[1, 2]", "\xff\xfe"])
+def test_a_damaged_status_reads_as_none_or_fails_naming_the_file(content, tmp_path):
+    from reproduce.config import ConfigError
+    from reproduce.runs import RunDir
+    files = RunDir(tmp_path)
+    files.status_path.write_bytes(content.encode("latin1"))
+    assert files.status() == {}
+    with pytest.raises(ConfigError, match=f"{files.status_path} is damaged"):
+        files.status(strict=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
+    """ENOSPC while the checkpoint of iteration 8 is written (simulated by the fault hook): the sweep
+    stops, naming the file; the checkpoint of 4 is intact, status.json says failed, no temp file."""
+    proc = run_cli(*BASE, "models=[resnet8,plain8]", f"out_dir={tmp_path}", env={"REPRODUCE_FAULT": "enospc:checkpoint:8"},
+                   check=False)
+    assert proc.returncode == 1
+    run = tmp_path / "resnet" / "resnet8"
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == f"error: cannot write {run / 'checkpoints' / 'last.ckpt'}: No space left on device; free some space " \
+                   f"there, then continue with --resume", line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert not (tmp_path / "resnet" / "plain8").exists()  # the sweep stopped: every run would hit the full disk
+    run_cli("resnet", "--resume", tmp_path)
+    assert json.loads((run / "status.json").read_text())["status"] == "done"

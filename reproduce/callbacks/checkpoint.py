@@ -23,13 +23,15 @@ iterations. A single process checks at every step boundary, for free.
 Fault injection for the resume tests: `REPRODUCE_FAULT=SIGNAL:POINT:K[:RUN]` makes the run send
 itself SIGNAL (`kill` = SIGKILL, `term` = SIGTERM, `stop` = SIGSTOP, to hold a live run still while
 a second process tries its directory) at POINT of iteration K, or send it to the parallel sweep
-that started the run (`term-sweep`, `kill-sweep`; the run itself when no sweep started it): `step` (right after
+that started the run (`term-sweep`, `kill-sweep`; the run itself when no sweep started it), or
+(`enospc`, at `checkpoint` only) make the checkpoint write of K fail as on a full disk: `step` (right after
 the optimizer step of K, before its evaluation and checkpoint), `eval` (during the evaluation at
 K) or `checkpoint` (right after the checkpoint of K is written). RUN restricts it to the run of
 that name in a sweep. Faults land at an iteration, never at a wall-clock moment.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -50,7 +52,7 @@ LAST = "last.ckpt"
 FAULT_ENV = "REPRODUCE_FAULT"
 FAULT_POINTS = ("step", "eval", "checkpoint")
 FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP,
-                 "term-sweep": signal.SIGTERM, "kill-sweep": signal.SIGKILL}
+                 "term-sweep": signal.SIGTERM, "kill-sweep": signal.SIGKILL, "enospc": None}
 
 
 def checkpoint_step(path: Path) -> int:
@@ -88,7 +90,7 @@ class RunInterrupted(Exception):
 
 @dataclass(frozen=True)
 class Fault:
-    signum: int
+    signum: Optional[int]  # None: enospc (AtomicCheckpoint.save)
     point: str
     step: int
     to_sweep: bool = False
@@ -114,7 +116,7 @@ class Fault:
         return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]), parts[0].endswith("-sweep"))
 
     def fire(self, point: str, step: int) -> None:
-        if point != self.point or step != self.step:
+        if point != self.point or step != self.step or self.signum is None:
             return
         if self.to_sweep and os.environ.get(SWEEP_PID_ENV):
             os.kill(int(os.environ[SWEEP_PID_ENV]), self.signum)
@@ -163,12 +165,16 @@ class AtomicCheckpoint(Callback):
         try:
             if trainer.is_global_zero:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
+            fault = self.fault
+            if fault is not None and fault.signum is None and (fault.point, fault.step) == ("checkpoint", trainer.global_step):
+                tmp.write_bytes(b"partial")  # a disk that fills up mid-write
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
             trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
             if trainer.is_global_zero:
                 os.replace(tmp, self.last_path)
         except OSError as e:
             tmp.unlink(missing_ok=True)  # a full disk: the previous last.ckpt stays, no partial file
-            raise OSError(e.errno, write_error(self.last_path, e)) from None
+            raise OSError(e.errno, write_error(self.last_path, e), str(self.last_path)) from None
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum  # acted on at the next step boundary
