@@ -54,8 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_line(cfg) -> str:
+    """The split the runs will use, as the datamodule makes it (a synthetic val split is capped at a fifth)."""
+    d = cfg.data
+    if d.dataset == "imagefolder":
+        return f"# data: {d.root}/train for training, {d.root}/val for evaluation"
+    total = 50000 if d.dataset == "cifar10" else d.synthetic_train
+    val = min(d.val_size, total // 5)
+    limit = f", the first {d.eval_limit:,} of val and of test at each evaluation" if d.eval_limit else ""
+    return (f"# data: {train_size_of(d):,} training images, {val:,} validation (of {total:,}, split by "
+            f"data.split_seed={d.split_seed}), {'10,000' if d.dataset == 'cifar10' else f'{d.synthetic_test:,}'} test{limit}")
+
+
 def dry_run(cfg) -> str:
-    lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
+    lines = [OmegaConf.to_yaml(cfg).rstrip(), "", split_line(cfg), "",
+             f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
     plans = KINDS[cfg.kind].plans(cfg)
     shown = {}

@@ -10,6 +10,7 @@ them when the batch changes (see `schedules.py`).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +348,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    validate_values(cfg)
     s, d, t = cfg.schedule, cfg.data, cfg.trainer
     for key, value in (("schedule.lr", s.lr), ("data.batch_size", d.batch_size),
                        ("schedule.ref_batch", s.ref_batch), ("schedule.max_steps", s.max_steps),
@@ -420,6 +422,51 @@ def check_resume_changes(saved: DictConfig, cfg: DictConfig, source: str) -> Non
             raise ConfigError(f"--resume cannot change {key}: {source} has {before.get(key)!r}, the override gives "
                               f"{after.get(key)!r}; start a new sweep for that (another out_dir=), or drop the override. "
                               f"--resume may change: {', '.join(RESUME_KEYS)}")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+CIFAR_TRAIN = 50000  # images in CIFAR-10's training batches, split into train and val
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """Values that would train something else than asked (a wrong split, a constant lr) or fail deep
+    inside a run: one line each, before anything trains."""
+    s, d, t, o = cfg.schedule, cfg.data, cfg.trainer, cfg.optim
+    for key, value, valid in (("trainer.accelerator", t.accelerator, ACCELERATORS),
+                              ("trainer.precision", t.precision, PRECISIONS)):
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    for key in ("schedule.lr", "schedule.factor", "schedule.plateau_threshold", "schedule.warmup_lr",
+                "schedule.warmup_until_err", "optim.momentum", "optim.weight_decay", "wandb.flush_every_s"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key in ("trainer.num_nodes", "trainer.noise_every", "data.synthetic_train", "data.synthetic_test",
+                "data.eval_limit", "data.train_limit", "trainer.threads", "data.per_device_batch"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}" +
+                              ("; leave it unset (null) for no limit" if key.endswith("_limit") else ""))
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum must be in [0, 1) (Section 4.2: 0.9), got {o.momentum}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0 (Section 4.2: 1e-4), got {o.weight_decay}")
+    for seed in cfg.seeds:
+        if not 0 <= seed < 2 ** 32:
+            raise ConfigError(f"seeds: {seed} is not a seed; seeds are integers in [0, 2^32)")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise ConfigError(f"models lists a model twice: {list(cfg.models)}; for repeats of one model use seeds=[0,1,2]")
+    if d.dataset in ("cifar10", "synthetic"):
+        total = CIFAR_TRAIN if d.dataset == "cifar10" else d.synthetic_train
+        # synthetic: the val split is capped at a fifth of the images (smoke runs keep the default 5000)
+        if d.val_size < 1 or d.dataset == "cifar10" and d.val_size > total // 5:
+            raise ConfigError(f"data.val_size must be in 1..{total // 5} (at most a fifth of the {total:,} training "
+                              f"images; Section 4.2: 5000), got {d.val_size}")
+    late = [m for m in s.milestones if m >= s.max_steps]
+    if late and not s.on_plateau:
+        raise ConfigError(f"schedule.milestones {late} are not below schedule.max_steps={s.max_steps}: they would "
+                          f"never drop the lr; e.g. schedule.milestones=[{s.max_steps // 2},{s.max_steps * 3 // 4}]")
 
 
 def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:

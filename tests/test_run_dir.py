@@ -325,3 +325,50 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     assert not (tmp_path / "resnet" / "plain8").exists()  # the sweep stopped: every run would hit the full disk
     run_cli("resnet", "--resume", tmp_path)
     assert json.loads((run / "status.json").read_text())["status"] == "done"
+
+
+# --- 9. every bad input is one line, before anything trains -------------------------------------
+
+@pytest.mark.parametrize("override,message", [
+    ("data.val_size=-5", "data.val_size must be in 1..10000"), ("data.val_size=-40000", "data.val_size must be in 1..10000"),
+    ("data.val_size=60000", "data.val_size must be in 1..10000"), ("data.val_size=0", "data.val_size must be in 1..10000"),
+    ("trainer.num_nodes=0", "trainer.num_nodes must be at least 1"), ("schedule.lr=inf", "schedule.lr must be a finite"),
+    ("schedule.lr=nan", "schedule.lr must be a finite"), ("seeds=[-1]", "seeds: -1 is not a seed"),
+    ("seeds=[4294967296]", "seeds: 4294967296 is not a seed"), ("optim.momentum=-1", "optim.momentum must be in [0, 1)"),
+    ("optim.momentum=1", "optim.momentum must be in [0, 1)"), ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0"),
+    ("trainer.noise_every=0", "trainer.noise_every must be at least 1"),
+    ("data.synthetic_train=0", "data.synthetic_train must be at least 1"),
+    ("trainer.threads=-1", "trainer.threads must be at least 1"), ("trainer.precision=bogus", "trainer.precision='bogus'"),
+    ("trainer.accelerator=tpu", "trainer.accelerator='tpu'"), ("models=[resnet8,resnet8]", "models lists a model twice"),
+    ("schedule.milestones=[4,20]", "schedule.milestones [20] are not below schedule.max_steps=16"),
+    ("data.eval_limit=0", "data.eval_limit must be at least 1"), ("data.train_limit=0", "data.train_limit must be at least 1"),
+])
+def test_a_bad_value_is_one_line(override, message):
+    from reproduce.config import ConfigError, compose
+    overrides = [a for a in BASE[2:] if "=" in a] + ["data.dataset=cifar10", override]
+    with pytest.raises(ConfigError) as e:
+        compose("resnet", "smoke", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("spec", ["kill:step:\u00b2", "kill:step:-1", "term:soon:3", "kill:step"])
+def test_a_bad_fault_spec_is_one_line(spec, monkeypatch):
+    from reproduce.callbacks.checkpoint import FAULT_ENV, Fault
+    from reproduce.config import ConfigError
+    monkeypatch.setenv(FAULT_ENV, spec)
+    with pytest.raises(ConfigError, match=FAULT_ENV):
+        Fault.spec_parts()
+
+
+def test_bad_input_from_the_command_line_trains_nothing(tmp_path):
+    one_line_exit_2(run_cli(*BASE, "data.dataset=cifar10", "data.val_size=-5", f"out_dir={tmp_path}", check=False),
+                    "data.val_size")
+    one_line_exit_2(run_cli(*BASE, f"out_dir={tmp_path}", env={"REPRODUCE_FAULT": "kill:step:\u00b2"}, check=False),
+                    "REPRODUCE_FAULT")
+    assert not (tmp_path / "resnet").exists()
+
+
+def test_dry_run_states_the_split():
+    proc = run_cli(*BASE, "data.dataset=cifar10", "data.val_size=2000", "--dry-run")
+    assert "# data: 48,000 training images, 2,000 validation (of 50,000, split by data.split_seed=0), 10,000 test, " \
+           "the first 256 of val and of test at each evaluation" in proc.stdout
