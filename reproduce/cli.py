@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytorch_lightning  # noqa: F401  (imported before quiet_libraries: it sets its loggers' levels on import)
@@ -17,15 +19,16 @@ from omegaconf import OmegaConf
 
 from . import __version__
 from .callbacks.checkpoint import Fault
-from .config import CONFIG_DIR, ConfigError, _merge, apply_override, compose, derive, experiments, load_yaml, new_config, validate
+from .config import (CONFIG_DIR, ConfigError, _merge, apply_override, check_resume_changes, compose, derive, experiments,
+                     load_yaml, new_config, validate)
 from .data.cifar10 import DataError
 from .data.datamodule import train_size_of
 from .experiments import failed_runs, kind_of, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
 from .loggers import sweep_agent
-from .runs import read_status
-from .sweep import DEBUG_ENV, SWEEP_CONFIG, run_trial
+from .runs import read_status, write_error
+from .sweep import DEBUG_ENV, SWEEP_CONFIG, run_trial, watch_parent
 from .wandb_report import main as report_main
 
 USAGE = """reproduce EXPERIMENT [--quick | --smoke] [--dry-run] [--resume [DIR]] [--overwrite] [--debug] [key=value ...]
@@ -64,8 +67,21 @@ def dotlist_style(argv):
     return [a[2:] if a.startswith("--") and "=" in a and a.split("=", 1)[0] not in VALUE_OPTIONS else a for a in argv]
 
 
+def split_line(cfg) -> str:
+    """The split the runs will use, as the datamodule makes it (a synthetic val split is capped at a fifth)."""
+    d = cfg.data
+    if d.dataset == "imagefolder":
+        return f"# data: {d.root}/train for training, {d.root}/val for evaluation"
+    total = 50000 if d.dataset == "cifar10" else d.synthetic_train
+    val = min(d.val_size, total // 5)
+    limit = f", the first {d.eval_limit:,} of val and of test at each evaluation" if d.eval_limit else ""
+    return (f"# data: {train_size_of(d):,} training images, {val:,} validation (of {total:,}, split by "
+            f"data.split_seed={d.split_seed}), {'10,000' if d.dataset == 'cifar10' else f'{d.synthetic_test:,}'} test{limit}")
+
+
 def dry_run(cfg) -> str:
-    lines = [OmegaConf.to_yaml(cfg).rstrip(), "", f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
+    lines = [OmegaConf.to_yaml(cfg).rstrip(), "", split_line(cfg), "",
+             f"# schedule ({cfg.profile} profile; iterations are optimizer steps)"]
     n = train_size_of(cfg.data)
     plans = kind_of(cfg).plans(cfg)
     shown = {}
@@ -93,13 +109,15 @@ def _resume_config(experiment: str, where: str, overrides):
     base = Path(where).expanduser()
     for candidate in (base / SWEEP_CONFIG, base / experiment / SWEEP_CONFIG):
         if candidate.exists():
-            cfg = _merge(new_config(), OmegaConf.load(candidate), str(candidate))
-            if cfg.experiment != experiment:
-                raise ConfigError(f"--resume {where}: that sweep is '{cfg.experiment}', not '{experiment}'")
+            saved = _merge(new_config(), load_yaml(candidate), str(candidate))
+            if saved.experiment != experiment:
+                raise ConfigError(f"--resume {where}: that sweep is '{saved.experiment}', not '{experiment}'")
+            cfg = saved
             for item in overrides:
                 cfg = apply_override(cfg, item)
             cfg.out_dir, cfg.resume = str(candidate.parent.parent), True
             cfg = derive(cfg)
+            check_resume_changes(saved, cfg, str(candidate))
             validate(cfg)
             return cfg
     raise ConfigError(f"--resume {where}: no run to resume there (looked for {base / SWEEP_CONFIG} "
@@ -114,9 +132,16 @@ def quiet_libraries() -> None:
     ignore_known_warnings()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's SIGTERM stops as Ctrl-C does; during training the checkpoint callback takes it
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    watch_parent()
     debug = "--debug" in argv
     if debug:
         os.environ[DEBUG_ENV] = "1"
@@ -136,6 +161,9 @@ def main(argv=None) -> int:
         if isinstance(e, (ConfigError, DataError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, OSError) and e.filename:  # a full disk, a lost mount: the file and what to do
+            print(f"error: {write_error(Path(e.filename), e)}", file=sys.stderr)
+            return 1
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1

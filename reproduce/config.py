@@ -11,6 +11,7 @@ them when the batch changes (see `schedules.py`).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -283,7 +284,12 @@ def _experiment_layers(experiment: str, seen=()):
 
 
 RUN_ONLY_KEYS = {"seed": "the seed of each run comes from `seeds`: to run seed {value} use seeds=[{value}] "
-                         "(several at once: seeds=[0,1,2])"}
+                         "(several at once: seeds=[0,1,2])",
+                 # the CLI sets these: accepting them would relabel or move a sweep without doing what they say
+                 "experiment": "the experiment is the command's first word: python -m reproduce EXPERIMENT "
+                               "(`python -m reproduce list` shows them); to put a sweep elsewhere use out_dir=",
+                 "profile": "choose the profile with --quick or --smoke (the paper's recipe is the default)",
+                 "resume": "continue a sweep with --resume [DIR]"}
 
 
 def reject_run_only_keys(layer: Any, source: str) -> None:
@@ -381,6 +387,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    validate_values(cfg)
     s, d, t = cfg.schedule, cfg.data, cfg.trainer
     for key, value in (("schedule.lr", s.lr), ("data.batch_size", d.batch_size),
                        ("schedule.ref_batch", s.ref_batch), ("schedule.max_steps", s.max_steps),
@@ -446,6 +453,80 @@ def graph_blockers(t) -> List[str]:
     if t.noise_scale:
         blockers.append("trainer.noise_scale hooks into every backward")
     return blockers
+
+
+# What `--resume` may change: how the rest of the run is executed and logged, never what it trains
+# (a changed lr, length or batch would splice two runs into one set of curves)
+RESUME_KEYS = ("trainer.threads", "trainer.progress", "trainer.parallel", "trainer.accelerator", "trainer.train_step",
+               "data.root", "data.download", "data.workers", "data.on_device", "wandb.mode", "wandb.init_timeout",
+               "wandb.flush_every_s", "wandb.log_model", "only")
+
+
+def _leaves(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def check_resume_changes(saved: DictConfig, cfg: DictConfig, source: str) -> None:
+    """`--resume` runs what was started: an override outside RESUME_KEYS that changes the saved
+    sweep config fails in one line naming the key and both values."""
+    before, after = (_leaves(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
+    for key in sorted(set(before) | set(after)):
+        if key in ("out_dir", "resume") or any(key == k or key.startswith(k + ".") for k in RESUME_KEYS):
+            continue
+        if before.get(key) != after.get(key):
+            raise ConfigError(f"--resume cannot change {key}: {source} has {before.get(key)!r}, the override gives "
+                              f"{after.get(key)!r}; start a new sweep for that (another out_dir=), or drop the override. "
+                              f"--resume may change: {', '.join(RESUME_KEYS)}")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+CIFAR_TRAIN = 50000  # images in CIFAR-10's training batches, split into train and val
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """Values that would train something else than asked (a wrong split, a constant lr) or fail deep
+    inside a run: one line each, before anything trains."""
+    s, d, t, o = cfg.schedule, cfg.data, cfg.trainer, cfg.optim
+    for key, value, valid in (("trainer.accelerator", t.accelerator, ACCELERATORS),
+                              ("trainer.precision", t.precision, PRECISIONS)):
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    for key in ("schedule.lr", "schedule.factor", "schedule.plateau_threshold", "schedule.warmup_lr",
+                "schedule.warmup_until_err", "optim.momentum", "optim.weight_decay", "wandb.flush_every_s"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key in ("trainer.num_nodes", "trainer.noise_every", "data.synthetic_train", "data.synthetic_test",
+                "data.eval_limit", "data.train_limit", "trainer.threads", "data.per_device_batch"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}" +
+                              ("; leave it unset (null) for no limit" if key.endswith("_limit") else ""))
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum must be in [0, 1) (Section 4.2: 0.9), got {o.momentum}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0 (Section 4.2: 1e-4), got {o.weight_decay}")
+    for seed in cfg.seeds:
+        if not 0 <= seed < 2 ** 32:
+            raise ConfigError(f"seeds: {seed} is not a seed; seeds are integers in [0, 2^32)")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise ConfigError(f"models lists a model twice: {list(cfg.models)}; for repeats of one model use seeds=[0,1,2]")
+    if d.dataset in ("cifar10", "synthetic"):
+        total = CIFAR_TRAIN if d.dataset == "cifar10" else d.synthetic_train
+        # synthetic: the val split is capped at a fifth of the images (smoke runs keep the default 5000)
+        if d.val_size < 1 or d.dataset == "cifar10" and d.val_size > total // 5:
+            raise ConfigError(f"data.val_size must be in 1..{total // 5} (at most a fifth of the {total:,} training "
+                              f"images; Section 4.2: 5000), got {d.val_size}")
+    late = [m for m in s.milestones if m >= s.max_steps]
+    if late and not s.on_plateau:
+        raise ConfigError(f"schedule.milestones {late} are not below schedule.max_steps={s.max_steps}: they would "
+                          f"never drop the lr; e.g. schedule.milestones=[{s.max_steps // 2},{s.max_steps * 3 // 4}]")
 
 
 def for_model(cfg: DictConfig, model: str, seed: int) -> DictConfig:

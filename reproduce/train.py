@@ -5,6 +5,7 @@ status.json (running | done | failed | interrupted, with the final numbers) and 
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -21,12 +22,12 @@ from omegaconf import OmegaConf
 
 from . import __version__
 from .callbacks import AtomicCheckpoint, BatchScaling, EvalLines, GradientNoiseScale, IterationBar, LRSchedule, StopAtLastStep
-from .callbacks.checkpoint import Fault, RunInterrupted
+from .callbacks.checkpoint import Fault, RunInterrupted, checkpoint_step
 from .errors import ConfigError
 from .graph_step import uses_cuda_graph
 from .data import build_datamodule
 from .data.cifar10 import DataError
-from .lightning import check_step_count, ignore_known_warnings
+from .lightning import ignore_known_warnings
 from .loggers import CSVMetrics, backfill_wandb, make_wandb_logger, run_tags
 from .loggers import wandb_config as run_wandb_config
 from .models import is_imagenet
@@ -113,12 +114,7 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     ckpt_cb = AtomicCheckpoint(files.checkpoint_dir, cfg.trainer.checkpoint_every, cfg.trainer.eval_every,
                                Fault.from_env(name), stop_check_every=cfg.trainer.log_every)
     ckpt_path = ckpt_cb.last_path if resume and ckpt_cb.last_path.exists() else None
-    resume_step = None
-    if ckpt_path:
-        # mmap: only the header and the counters are read here; the tensors load later, inside fit
-        peek = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        check_step_count(peek, cfg.trainer.accumulate, str(ckpt_path))
-        resume_step = peek["global_step"]
+    resume_step = checkpoint_step(ckpt_path, cfg.trainer.accumulate) if ckpt_path else None  # the tensors load later, inside fit
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -188,6 +184,7 @@ def execute(run: Run, debug: bool = False) -> dict:
     if trainer.is_global_zero:
         files.write_status(**status)
     t0 = time.time()
+    disk_full = None  # a full disk stops the sweep (every run would hit it) once the status is written
     try:
         with warnings.catch_warnings():
             ignore_known_warnings()
@@ -207,6 +204,9 @@ def execute(run: Run, debug: bool = False) -> dict:
                       step=trainer.global_step, traceback=traceback.format_exc())
         if debug:
             raise
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            disk_full = e
+            status["error"] = e.strerror
     status["wall_s"] = round(time.time() - t0, 1)
     metrics = files.metrics()
     for key in ("train/err", "val/err", "test/err"):
@@ -215,9 +215,16 @@ def execute(run: Run, debug: bool = False) -> dict:
     if metrics.get("test/err"):
         status["best_test_err"] = min(v for _, v in metrics["test/err"])
     if trainer.is_global_zero:
-        files.write_status(**status)
+        try:
+            files.write_status(**status)
+        except OSError as e:
+            if disk_full is None:
+                raise
+            status["error"] += f" (and {files.status_path}: {e.strerror})"
         if run.wandb is not None:
             finish_run(run.wandb, status, run.checkpoint.last_path, run.cfg)
+    if disk_full is not None:
+        raise disk_full
     return status
 
 

@@ -21,13 +21,17 @@ host sync, so they do it only every `stop_check_every` iterations (the CLI passe
 iterations. A single process checks at every step boundary, for free.
 
 Fault injection for the resume tests: `REPRODUCE_FAULT=SIGNAL:POINT:K[:RUN]` makes the run send
-itself SIGNAL (`kill` = SIGKILL, `term` = SIGTERM) at POINT of iteration K: `step` (right after
+itself SIGNAL (`kill` = SIGKILL, `term` = SIGTERM, `stop` = SIGSTOP, to hold a live run still while
+a second process tries its directory) at POINT of iteration K, or send it to the parallel sweep
+that started the run (`term-sweep`, `kill-sweep`; the run itself when no sweep started it), or
+(`enospc`, at `checkpoint` only) make the checkpoint write of K fail as on a full disk: `step` (right after
 the optimizer step of K, before its evaluation and checkpoint), `eval` (during the evaluation at
 K) or `checkpoint` (right after the checkpoint of K is written). RUN restricts it to the run of
 that name in a sweep. Faults land at an iteration, never at a wall-clock moment.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -36,14 +40,47 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ..config import ConfigError
+from ..lightning import check_step_count
+from ..module import NonFiniteLoss
+from ..runs import SWEEP_PID_ENV, write_error
 
 LAST = "last.ckpt"
 FAULT_ENV = "REPRODUCE_FAULT"
 FAULT_POINTS = ("step", "eval", "checkpoint")
-FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP,
+                 "term-sweep": signal.SIGTERM, "kill-sweep": signal.SIGKILL, "enospc": None}
+
+
+def checkpoint_step(path: Path, accumulate: int) -> int:
+    """The iteration a checkpoint holds, its loop counters checked (lightning.check_step_count).
+    Only its header is read (mmap); weights_only: a received file runs no code. A file that is not
+    a checkpoint of this package fails naming it."""
+    try:
+        peek = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        check_step_count(peek, accumulate, str(path))
+        return int(peek["global_step"])
+    except (FileNotFoundError, ConfigError):
+        raise
+    except Exception as e:
+        raise ConfigError(f"{path} is damaged or not a checkpoint of this package ({type(e).__name__}); "
+                          f"delete its run directory {path.parent.parent} to train that run again from "
+                          f"iteration 0, or start the sweep again with --overwrite") from None
+
+
+def check_finite(trainer: pl.Trainer) -> None:
+    """Before a checkpoint: the loss since the last log step, every weight and buffer finite. A
+    diverging run can leave inf in BatchNorm's running_var several steps before the logged loss
+    turns NaN; a checkpoint of that state could not be resumed. One host sync per checkpoint."""
+    module = trainer.lightning_module
+    tensors = [module.loss_sum, *module.parameters(), *module.buffers()]
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()])
+    if not bool(finite.all()):
+        raise NonFiniteLoss(f"the training loss or weights became non-finite by iteration {trainer.global_step} "
+                            f"(found before its checkpoint: the kept checkpoint is the last finite one)")
 
 
 class RunInterrupted(Exception):
@@ -56,9 +93,10 @@ class RunInterrupted(Exception):
 
 @dataclass(frozen=True)
 class Fault:
-    signum: int
+    signum: Optional[int]  # None: enospc (AtomicCheckpoint.save)
     point: str
     step: int
+    to_sweep: bool = False
 
     @staticmethod
     def spec_parts() -> Optional[list]:
@@ -68,7 +106,7 @@ class Fault:
             return None
         parts = spec.split(":")
         if len(parts) not in (3, 4) or parts[0] not in FAULT_SIGNALS or parts[1] not in FAULT_POINTS \
-                or not parts[2].isdigit():
+                or not (parts[2].isascii() and parts[2].isdigit()):
             raise ConfigError(f"{FAULT_ENV}={spec!r}: expected SIGNAL:POINT:K[:RUN] with SIGNAL in "
                               f"{'/'.join(FAULT_SIGNALS)}, POINT in {'/'.join(FAULT_POINTS)}, e.g. kill:step:12")
         return parts
@@ -78,10 +116,13 @@ class Fault:
         parts = cls.spec_parts()
         if parts is None or (len(parts) == 4 and parts[3] != run_name):
             return None
-        return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]))
+        return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]), parts[0].endswith("-sweep"))
 
     def fire(self, point: str, step: int) -> None:
-        if point != self.point or step != self.step:
+        if point != self.point or step != self.step or self.signum is None:
+            return
+        if self.to_sweep and os.environ.get(SWEEP_PID_ENV):
+            os.kill(int(os.environ[SWEEP_PID_ENV]), self.signum)
             return
         if self.signum == signal.SIGKILL:
             # as a preempted job: the run's helper processes (W&B's service) die with it, so
@@ -122,12 +163,21 @@ class AtomicCheckpoint(pl.Callback):
         return self.dirpath / LAST
 
     def save(self, trainer: pl.Trainer) -> None:
+        check_finite(trainer)
         tmp = self.dirpath / f".{LAST}.tmp"
-        if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)
+        try:
+            if trainer.is_global_zero:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+            fault = self.fault
+            if fault is not None and fault.signum is None and (fault.point, fault.step) == ("checkpoint", trainer.global_step):
+                tmp.write_bytes(b"partial")  # a disk that fills up mid-write
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.last_path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # a full disk: the previous last.ckpt stays, no partial file
+            raise OSError(e.errno, write_error(self.last_path, e), str(self.last_path)) from None
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum  # acted on at the next step boundary

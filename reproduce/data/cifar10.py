@@ -2,6 +2,8 @@
 
 The batches are read directly (pickled dicts), not through torchvision's `CIFAR10` class,
 which insists on the official md5 sums; only a downloaded archive is checked against its md5.
+A pickle can run any code it names, so the batches are read by `BatchUnpickler`, which builds
+only the dicts, lists, strings and numpy arrays of the CIFAR format and refuses anything else.
 """
 from __future__ import annotations
 
@@ -24,16 +26,35 @@ HOW_TO = (f"let the package download it (data.download=true, the default; {URL},
           f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into ROOT, then pass data.root=ROOT")
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Only what a CIFAR-10 batch holds: plain containers and numpy arrays (pickled as
+    ndarray + dtype + _reconstruct, or _frombuffer from pickle protocol 5, under numpy 1 and 2 names)."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}  # encode: bytes under protocol 2
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only arrays, lists and strings")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = BatchUnpickler(f, encoding="latin1").load()
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except FileNotFoundError:
         raise DataError(f"CIFAR-10 batch file missing: {path}; {HOW_TO}") from None
     except PermissionError:
         raise DataError(f"cannot read {path}: permission denied") from None
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("refused"):
+            raise DataError(f"CIFAR-10 batch file {path} is not a CIFAR batch ({e}); nothing in it was run; "
+                            f"re-create it: {HOW_TO}") from None
+        raise DataError(f"CIFAR-10 batch file {path} is truncated or corrupt (UnpicklingError); "
+                        f"re-create it: {HOW_TO}") from None
     except Exception as e:
         raise DataError(f"CIFAR-10 batch file {path} is truncated or corrupt ({type(e).__name__}); "
                         f"re-create it: {HOW_TO}") from None
