@@ -126,7 +126,7 @@ def resume_action(name: str, run_cfg, run_dir: Path) -> str:
         status = {}
     files.metrics()  # a damaged metrics.csv fails here, naming it, before any run trains
     if ckpt.exists():
-        step = checkpoint_step(ckpt)
+        step = checkpoint_step(ckpt, run_cfg.trainer.accumulate)
         if status.get("status") == "done" and step >= Schedule.for_run(run_cfg).total_steps:
             return "skip"
         return "continue"
