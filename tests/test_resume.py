@@ -183,7 +183,7 @@ def test_the_cases_exercise_what_they_claim(reference):
 
 def test_noise_scale_leaves_training_unchanged_under_accumulation(tmp_path):
     """The estimator reads gradients; it must not change them (it once zeroed the accumulated ones)."""
-    args = [*BASE, "trainer.accumulate=2", "schedule.max_steps=6", "wandb.mode=disabled"]
+    args = [*BASE, "trainer.accumulate=2", "schedule.max_steps=6", "schedule.milestones=[3,4]", "wandb.mode=disabled"]
     run_cli(*args, "trainer.noise_scale=true", "trainer.noise_every=2", f"out_dir={tmp_path / 'on'}", timeout=300)
     run_cli(*args, f"out_dir={tmp_path / 'off'}", timeout=300)
     on, off = (_checkpoint(tmp_path / d / "resnet" / "resnet8")["state_dict"] for d in ("on", "off"))

@@ -189,12 +189,12 @@ def test_a_damaged_checkpoint_is_named(damage, killed, tmp_path):
     from reproduce.callbacks.checkpoint import checkpoint_step
     from reproduce.config import ConfigError
     good = killed / "resnet" / "resnet8" / "checkpoints" / "last.ckpt"
-    assert checkpoint_step(good) == 8
+    assert checkpoint_step(good, 1) == 8
     bad = tmp_path / "resnet8" / "checkpoints" / "last.ckpt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(good.read_bytes()[:5000] if damage == "truncated" else b"not a checkpoint" * 100)
     with pytest.raises(ConfigError, match=f"{bad} is damaged or not a checkpoint of this package"):
-        checkpoint_step(bad)
+        checkpoint_step(bad, 1)
 
 
 def test_a_cifar_batch_with_a_pickle_payload_runs_nothing(tmp_path):
