@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .model_names import check_name
+from .model_names import check_name, is_imagenet
 from .schedules import Schedule
 
 # The experiments' YAMLs are package data, so an installed wheel finds them wherever it runs.
@@ -101,6 +101,10 @@ class TrainerConfig:
     progress: bool = True
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
     parallel: int = 1  # runs of a sweep trained at once, one process each (GPUs shared round-robin)
+    # the runs of a sweep with one parameter shape (seeds; plain and ResNet of a depth) as one stacked
+    # network (stacked.py): on | off | auto (on where docs/performance.md measured a stack faster)
+    stack: str = "auto"
+    stack_max: int = 20  # runs per stack at most
     noise_scale: bool = False  # log the gradient noise scale (McCandlish et al. 2018)
     noise_every: int = 50
 
@@ -182,6 +186,7 @@ CHOICES = {
     "wandb.mode": ("auto", "online", "offline", "disabled"),
     "trainer.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "trainer.train_step": ("auto", "eager", "cuda-graph"),
+    "trainer.stack": ("auto", "on", "off"),
 }
 
 
@@ -370,8 +375,13 @@ def _as_list_where_a_list_is_expected(cfg: DictConfig, item: str, dot: DictConfi
 
 def derive(cfg: DictConfig) -> DictConfig:
     """A copy of `cfg` with the keys that follow from others filled in: data.batch_size from
-    data.per_device_batch when that is set (the global batch is what the schedule is stated for)."""
+    data.per_device_batch when that is set (the global batch is what the schedule is stated for).
+    `trainer.stack=on` / `off` read as YAML booleans (the string field holds "True" / "False"):
+    back to their names."""
     d, t = cfg.data, cfg.trainer
+    if t.stack in ("True", "False"):
+        cfg = _merge(cfg, {"trainer": {"stack": "on" if t.stack == "True" else "off"}}, "trainer.stack")
+        d, t = cfg.data, cfg.trainer
     if d.per_device_batch is None:
         return cfg
     if d.per_device_batch <= 0:
@@ -394,7 +404,7 @@ def validate(cfg: DictConfig) -> None:
                        ("data.eval_batch_size", d.eval_batch_size), ("trainer.devices", t.devices),
                        ("trainer.accumulate", t.accumulate), ("trainer.eval_every", t.eval_every),
                        ("trainer.log_every", t.log_every), ("trainer.checkpoint_every", t.checkpoint_every),
-                       ("trainer.parallel", t.parallel)):
+                       ("trainer.parallel", t.parallel), ("trainer.stack_max", t.stack_max)):
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     if not 0 < s.factor <= 1:
@@ -417,6 +427,8 @@ def validate(cfg: DictConfig) -> None:
     blockers = graph_blockers(t)
     if t.train_step == "cuda-graph" and blockers:
         raise ConfigError(f"trainer.train_step=cuda-graph: {'; '.join(blockers)} (use auto or eager)")
+    if t.stack == "on" and stack_blockers(cfg):
+        raise ConfigError(f"trainer.stack=on: {'; '.join(stack_blockers(cfg))} (use auto or off)")
     if s.warmup == "constant" and s.warmup_steps <= 0 and s.warmup_until_err is None:
         raise ConfigError("schedule.warmup=constant needs schedule.warmup_steps > 0 or schedule.warmup_until_err")
     if s.warmup == "gradual" and s.warmup_steps <= 0:
@@ -455,9 +467,33 @@ def graph_blockers(t) -> List[str]:
     return blockers
 
 
+def stack_blockers(cfg) -> List[str]:
+    """Why the runs of a sweep with config `cfg` cannot train as stacks (stacked.py), whatever the machine."""
+    t, blockers = cfg.trainer, []
+    if any(is_imagenet(m) for m in cfg.models):
+        blockers.append("it stacks the CIFAR nets only")
+    if t.devices != 1 or t.num_nodes != 1 or t.strategy not in ("auto", "single_device"):
+        blockers.append("a stack trains on one device (trainer.devices=1, num_nodes=1, strategy=auto)")
+    if str(t.precision) in ("16", "16-mixed", "16-true"):
+        blockers.append(f"trainer.precision={t.precision}: fp16's loss scale would couple the runs (use bf16-mixed "
+                        f"or 32-true)")
+    if t.accumulate != 1:
+        blockers.append("it needs trainer.accumulate=1")
+    if t.compile:
+        blockers.append("trainer.compile=true compiles one net")
+    if t.noise_scale:
+        blockers.append("trainer.noise_scale measures one net's gradients")
+    if cfg.schedule.on_plateau:
+        blockers.append("schedule.on_plateau decides the drops from one run's validation error")
+    if t.parallel > 1:
+        blockers.append("a stack trains in the sweep's process: set trainer.parallel=1")
+    return blockers
+
+
 # What `--resume` may change: how the rest of the run is executed and logged, never what it trains
 # (a changed lr, length or batch would splice two runs into one set of curves)
 RESUME_KEYS = ("trainer.threads", "trainer.progress", "trainer.parallel", "trainer.accelerator", "trainer.train_step",
+               "trainer.stack", "trainer.stack_max",
                "data.root", "data.download", "data.workers", "data.on_device", "wandb.mode", "wandb.init_timeout",
                "wandb.flush_every_s", "wandb.log_model", "only")
 

@@ -29,7 +29,8 @@ from .config import RESUME_KEYS, ConfigError, quick_equivalent
 from .models import build
 from .schedules import Schedule
 from .runs import LOCK_FILE, SWEEP_PID_ENV, RunDir, lock_dir, read_status, unlock
-from .train import run_one
+from .stacked import execute_stack, stack_groups, stacking
+from .train import build_run, run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
 TINY_IMAGEFOLDER = "tiny"  # data.root=tiny: a generated ImageFolder for smoke runs
@@ -155,7 +156,37 @@ def run_actions(cfg, plans: List[tuple], exp_dir: Path) -> Dict[str, str]:
     return actions
 
 
-def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
+def start_step(run_dir: Path, action: str, cfg) -> int | None:
+    """The iteration a run continues from (its checkpoint's), None when it starts fresh."""
+    return checkpoint_step(run_dir / "checkpoints" / LAST, cfg.trainer.accumulate) if action == "continue" else None
+
+
+def run_stack(group: List[tuple], exp_dir: Path, sweep_group_name: str, actions: Dict[str, str]) -> List[dict]:
+    """Train the runs `group` as one stack (stacked.py); their locks held meanwhile."""
+    names = [name for name, _ in group]
+    locks = [lock_dir(exp_dir / name) for name in names]
+    try:
+        say(f"stack of {len(names)}: {', '.join(names)}" + (", continuing from their checkpoints"
+                                                            if actions[names[0]] == "continue" else ""))
+        for name in names:
+            SWEEP.start(name, actions[name] == "continue")
+        runs = [build_run(run_cfg, exp_dir / name, sweep_group_name, resume=actions[name] == "continue", name=name)
+                for name, run_cfg in group]
+        statuses = execute_stack(runs, debug=debug_mode())
+    finally:
+        for lock in locks:
+            unlock(lock)
+    for name, status in zip(names, statuses):
+        for line in SWEEP.finish(name, status["status"], status.get("wall_s", 0) / len(names), status.get("step")):
+            say(line)
+        if status["status"] == "failed":
+            print(f"{name}: FAILED ({status.get('error')}); going on with the others", flush=True)
+    if any(s["status"] == "interrupted" for s in statuses):
+        raise KeyboardInterrupt
+    return statuses
+
+
+def run_plans(cfg, plans: List[tuple], exp_dir: Path, group_name: str) -> List[dict]:
     """Train each (run name, run config) in turn. On resume a finished run is skipped and an
     unfinished one continues from its checkpoint; a failed run is recorded and the rest go on.
     With trainer.parallel > 1 the runs go to that many worker processes instead. The plan and
@@ -171,18 +202,24 @@ def run_plans(cfg, plans: List[tuple], exp_dir: Path, group: str) -> List[dict]:
     if parallel:
         return run_parallel(cfg, plans, exp_dir, actions)
     statuses = []
-    for name, run_cfg in plans:
-        run_dir = exp_dir / name
+    for name, _ in plans:
         if actions[name] == "skip":
             print(f"{name}: finished earlier, skipped", flush=True)
             SWEEP.skip(name)
-            statuses.append(read_status(run_dir))
-            continue
+    todo = [(name, run_cfg) for name, run_cfg in plans if actions[name] != "skip"]
+    if stacking(cfg) and not cfg.only:
+        stacks = stack_groups(todo, cfg.trainer.stack_max, lambda n: start_step(exp_dir / n, actions[n], cfg))
+        todo = [group[0] for group in stacks if len(group) == 1]
+        for group in stacks:
+            if len(group) > 1:
+                statuses += run_stack(group, exp_dir, group_name, actions)
+    for name, run_cfg in todo:
+        run_dir = exp_dir / name
         resume = actions[name] == "continue"
         lock = lock_dir(run_dir) if rank_zero_only.rank == 0 else None
         say(SWEEP.start(name, resume))
         try:
-            status = run_one(run_cfg, run_dir, group, resume=resume, name=name, debug=debug_mode())
+            status = run_one(run_cfg, run_dir, group_name, resume=resume, name=name, debug=debug_mode())
         finally:
             if lock is not None:
                 unlock(lock)

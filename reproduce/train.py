@@ -208,13 +208,23 @@ def execute(run: Run, debug: bool = False) -> dict:
             disk_full = e
             status["error"] = e.strerror
     status["wall_s"] = round(time.time() - t0, 1)
+    conclude(run, status, trainer.is_global_zero, disk_full)
+    if disk_full is not None:
+        raise disk_full
+    return status
+
+
+def conclude(run: Run, status: dict, global_zero: bool = True, disk_full: OSError | None = None) -> None:
+    """A trained (or stopped) run's summary from its metrics.csv into `status`, then status.json
+    and the end of its W&B run."""
+    files = run.files
     metrics = files.metrics()
     for key in ("train/err", "val/err", "test/err"):
         if metrics.get(key):
             status[f"last_{key.replace('/', '_')}"] = metrics[key][-1][1]
     if metrics.get("test/err"):
         status["best_test_err"] = min(v for _, v in metrics["test/err"])
-    if trainer.is_global_zero:
+    if global_zero:
         try:
             files.write_status(**status)
         except OSError as e:
@@ -223,9 +233,6 @@ def execute(run: Run, debug: bool = False) -> dict:
             status["error"] += f" (and {files.status_path}: {e.strerror})"
         if run.wandb is not None:
             finish_run(run.wandb, status, run.checkpoint.last_path, run.cfg)
-    if disk_full is not None:
-        raise disk_full
-    return status
 
 
 def run_one(cfg, run_dir: Path, group: str, resume: bool = False, name: str | None = None,

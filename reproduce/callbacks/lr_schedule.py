@@ -43,10 +43,13 @@ class LRSchedule(pl.Callback):
                 group["lr"] = lr
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.note_train_err(trainer.global_step, getattr(pl_module, "last_train_err", None))
+
+    def note_train_err(self, step: int, err: float | None) -> None:
+        """After iteration `step`, with the last logged training error: has the warmup ended?"""
         threshold = self.schedule.warmup_until_err
-        err = getattr(pl_module, "last_train_err", None)
         if threshold is not None and self.warmup_ended_at is None and err is not None and err < threshold:
-            self.warmup_ended_at = trainer.global_step
+            self.warmup_ended_at = step
 
     def state_dict(self):
         return {"warmup_ended_at": self.warmup_ended_at, "drops": self.drops, "best": self.best,

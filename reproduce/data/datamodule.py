@@ -199,7 +199,10 @@ class ArrayDataModule(pl.LightningDataModule):
         return EvalBatches(self.full_test_x, self.full_test_y, self.cfg.eval_batch_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255).sub_(self.mean.to(x.device))
+        x = x.float().div_(255).sub_(self.mean.to(x.device))
+        # in the precision's dtype (float64 under 64-true): the batches are cut here, not by
+        # Lightning's loader, which would convert them
+        return self.trainer.precision_plugin.convert_input(x) if self.trainer is not None else x
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:

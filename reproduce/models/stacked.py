@@ -1,0 +1,142 @@
+"""N CIFAR nets of one depth as one network: each run a slice of every layer.
+
+A 3x3 conv of N nets is one grouped conv (`groups=N`) whose weight is the N weights stacked; a
+BatchNorm over N x C channels is N BatchNorms (its statistics are per channel); the classifier is
+a batched matmul. Input [B, N*3, H, W] (run i's own images in channels 3i..3i+2), logits
+[B, N, classes]. The
+plain net of a depth is the ResNet with its shortcuts weighted 0 (Section 3.3: option A has no
+parameters), so plain and residual nets of one depth stack too. This is how HFTA (Wang et al.,
+MLSys 2021) fuses models of one shape. The state dict has the single net's keys, every tensor N
+of them stacked along dim 0 (`unstack_state` / `stack_states` convert; the one 0-dim tensor, BN's
+`num_batches_tracked`, is shared: the runs step together).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .cifar import CifarNet
+
+
+class StackedConv(nn.Module):
+    def __init__(self, convs: Sequence[nn.Conv2d]):
+        super().__init__()
+        c = convs[0]
+        self.weight = nn.Parameter(torch.cat([m.weight.detach() for m in convs]))
+        self.stride, self.padding, self.groups = c.stride, c.padding, len(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
+
+
+def stacked_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(sum(b.num_features for b in bns), eps=bns[0].eps, momentum=bns[0].momentum)
+    bn.load_state_dict(stack_states([b.state_dict() for b in bns]))
+    return bn
+
+
+class StackedShortcut(nn.Module):
+    """Option A for each run: subsample, zero-pad its own channels; times 0 for a plain run."""
+
+    def __init__(self, n: int, in_channels: int, out_channels: int, stride: int, weight: torch.Tensor):
+        super().__init__()
+        self.n, self.in_channels, self.out_channels, self.stride = n, in_channels, out_channels, stride
+        self.register_buffer("weight", weight, persistent=False)  # [N*out, 1, 1]: 1 residual, 0 plain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_channels - self.in_channels
+        if extra:
+            x = x.unflatten(1, (self.n, self.in_channels))
+            x = F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2)).flatten(1, 2)
+        return x * self.weight
+
+
+class StackedBlock(nn.Module):
+    def __init__(self, blocks: Sequence[nn.Module], residual: torch.Tensor):
+        super().__init__()
+        b = blocks[0]
+        self.conv1, self.bn1 = StackedConv([m.conv1 for m in blocks]), stacked_bn([m.bn1 for m in blocks])
+        self.conv2, self.bn2 = StackedConv([m.conv2 for m in blocks]), stacked_bn([m.bn2 for m in blocks])
+        in_ch, out_ch = b.conv1.in_channels, b.conv1.out_channels
+        weight = residual.repeat_interleave(out_ch).view(-1, 1, 1)
+        self.shortcut = StackedShortcut(len(blocks), in_ch, out_ch, b.conv1.stride[0], weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class StackedCifarNet(nn.Module):
+    """The nets `nets` (CifarNets of one depth, plain or residual) as one; their weights copied."""
+
+    def __init__(self, nets: Sequence[CifarNet]):
+        super().__init__()
+        if len({n.depth for n in nets}) != 1:
+            raise ValueError(f"stacked nets need one depth, got {sorted({n.depth for n in nets})}")
+        self.n = len(nets)
+        residual = torch.tensor([1.0 if net.residual else 0.0 for net in nets])
+        self.conv1, self.bn1 = StackedConv([m.conv1 for m in nets]), stacked_bn([m.bn1 for m in nets])
+        for name in ("layer1", "layer2", "layer3"):
+            stages = [getattr(net, name) for net in nets]
+            setattr(self, name, nn.Sequential(*(StackedBlock(blocks, residual) for blocks in zip(*stages))))
+        self.fc = nn.Linear(nets[0].fc.in_features, self.n * nets[0].fc.out_features)
+        self.fc.load_state_dict(stack_states([net.fc.state_dict() for net in nets]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N*3, H, W] -> [B, N, classes]."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).view(len(x), self.n, -1)  # [B, N, 64]
+        w = self.fc.weight.view(self.n, -1, x.shape[-1])  # [N, classes, 64]
+        return torch.einsum("bnf,ncf->bnc", x, w) + self.fc.bias.view(self.n, -1)
+
+
+def stack_states(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """N state dicts (or optimizer states) of one shape -> the stacked one."""
+    out = {}
+    for key, first in states[0].items():
+        out[key] = first.clone() if first.dim() == 0 else torch.cat([s[key] for s in states])
+    return out
+
+
+def unstack_state(state: Dict[str, torch.Tensor], n: int, i: int) -> Dict[str, torch.Tensor]:
+    """Run `i`'s slice of a stacked state dict: a state dict of the single net."""
+    return {k: v.clone() if v.dim() == 0 else v.unflatten(0, (n, -1))[i].clone() for k, v in state.items()}
+
+
+class StackedSGD(torch.optim.Optimizer):
+    """torch.optim.SGD (momentum, weight decay, optionally Nesterov) with one lr per run: the
+    group's `lr` is a list of N rates, run i's applied to slice i of every parameter. Momentum and
+    weight decay are elementwise, so each slice follows exactly SGD's update of that run alone."""
+
+    def __init__(self, params, n: int, momentum: float, weight_decay: float, nesterov: bool = False):
+        super().__init__(params, {"lr": [0.0] * n, "momentum": momentum, "weight_decay": weight_decay,
+                                  "nesterov": nesterov})
+        self.n = n
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            mu, wd = group["momentum"], group["weight_decay"]
+            lr = None
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if lr is None:
+                    lr = torch.tensor(group["lr"], dtype=p.dtype, device=p.device)
+                d_p = p.grad.add(p, alpha=wd) if wd else p.grad
+                if mu:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d_p.clone()
+                    else:
+                        state["momentum_buffer"].mul_(mu).add_(d_p)
+                    buf = state["momentum_buffer"]
+                    d_p = d_p.add(buf, alpha=mu) if group["nesterov"] else buf
+                p.unflatten(0, (self.n, -1)).sub_(d_p.unflatten(0, (self.n, -1))
+                                                  * lr.view(-1, *[1] * p.dim()))
