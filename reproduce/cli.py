@@ -26,6 +26,7 @@ from .data.datamodule import train_size_of
 from .experiments import failed_runs, kind_of, run_experiment
 from .lightning import ignore_known_warnings
 from .schedules import Schedule
+from .stacked import stack_groups, stacking
 from .loggers import sweep_agent
 from .runs import read_status, write_error
 from .sweep import DEBUG_ENV, SWEEP_CONFIG, run_trial, watch_parent
@@ -102,6 +103,10 @@ def dry_run(cfg) -> str:
                      f"lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}"
                      if sched.milestone_steps() else "constant lr"))
         lines.append(text)
+    if stacking(cfg):
+        stacks = stack_groups(plans, cfg.trainer.stack_max)
+        lines += ["", f"# stacks (trainer.stack={cfg.trainer.stack}: each trains as one network, stacked.py)"]
+        lines += [f"  {', '.join(name for name, _ in group)}" for group in stacks]
     return "\n".join(lines)
 
 

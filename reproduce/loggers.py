@@ -221,6 +221,7 @@ def make_wandb_logger(wcfg, run_dir: Path, name: str, group: str, run_id: str, t
     def attempt(mode: str):
         run = wandb.init(**where, group=group, tags=tags, job_type="train", dir=str(run_dir), mode=mode,
                          resume="allow", config=config,
+                         reinit="create_new",  # a stack's runs are live at once (stacked.py), each its own run
                          settings=wandb_settings(wcfg, x_transaction_log_flush_interval=wcfg.flush_every_s))
         # every panel plots against iterations; epochs are there too
         run.define_metric("trainer/global_step")

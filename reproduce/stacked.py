@@ -87,15 +87,15 @@ def stack_key(run_cfg) -> str:
 def stack_groups(plans: List[tuple], limit: int, start_step=lambda name: None) -> List[List[tuple]]:
     """The plans in stacks (lists of (name, run config)), in plan order; a stack holds runs with
     one `stack_key` and one starting iteration (`start_step(name)`: its checkpoint's, None fresh),
-    at most `limit` of them. A run alone is a stack of one."""
+    at most `limit` of them (more are split into stacks of near-equal size). A run alone is a stack of one."""
     groups: dict = {}
     for name, run_cfg in plans:
-        key = (stack_key(run_cfg), start_step(name))
-        chunks = groups.setdefault(key, [[]])
-        if len(chunks[-1]) == limit:
-            chunks.append([])
-        chunks[-1].append((name, run_cfg))
-    return [chunk for chunks in groups.values() for chunk in chunks]
+        groups.setdefault((stack_key(run_cfg), start_step(name)), []).append((name, run_cfg))
+    stacks = []
+    for group in groups.values():
+        k = math.ceil(len(group) / limit)
+        stacks += [group[i::k] for i in range(k)]
+    return stacks
 
 
 def lr_schedule_of(trainer: pl.Trainer) -> LRSchedule:
@@ -417,8 +417,9 @@ def evaluate_stack(module: StackedModule, batches, normalize) -> List[float]:
     return [float(w) * 100 / max(total, 1) for w in wrong.tolist()]
 
 
-def build_stack(runs: List[Run]) -> tuple:
-    """The stack's module, data and Trainer, around runs built by train.build_run."""
+def build_stack(runs: List[Run], callbacks: tuple = ()) -> tuple:
+    """The stack's module, data and Trainer, around runs built by train.build_run; `callbacks`
+    join the Trainer's (the benchmark's timers)."""
     cfg = runs[0].cfg
     t = cfg.trainer
     module = StackedModule(runs, uses_cuda_graph(cfg))
@@ -428,16 +429,16 @@ def build_stack(runs: List[Run]) -> tuple:
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=1, precision=precision_for(t.precision, t.accelerator),
         max_steps=Schedule.for_run(cfg).total_steps, val_check_interval=t.eval_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, logger=False, callbacks=[StopAtLastStep(), ckpt],
+        num_sanity_val_steps=0, logger=False, callbacks=[StopAtLastStep(), *callbacks, ckpt],
         plugins=[StackCheckpointIO(module, fault)], enable_checkpointing=False, enable_model_summary=False,
         deterministic=t.deterministic, enable_progress_bar=False, benchmark=torch.cuda.is_available(),
         default_root_dir=str(runs[0].files.path.parent))
     return module, StackedData([r.datamodule for r in runs]), trainer
 
 
-def execute_stack(runs: List[Run], debug: bool = False) -> List[dict]:
+def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -> List[dict]:
     """Train the runs as one stack (train.execute for each, at once); returns their statuses."""
-    module, data, trainer = build_stack(runs)
+    module, data, trainer = build_stack(runs, callbacks)
     statuses = [dict(r.status) for r in runs]
     for run, status in zip(runs, statuses):
         run.files.write_status(**status)

@@ -19,7 +19,7 @@ MODULE_TIERS = {
     "test_progress": "unit", "test_report": "unit", "test_schedules": "unit", "test_wandb_io": "unit",
     "test_keys": "unit", "test_units": "unit", "test_train_step": "unit", "test_temperature_report": "unit",
     "test_smoke": "smoke", "test_reliability": "smoke", "test_trained_model": "smoke", "test_wandb_sweep": "smoke",
-    "test_run_dir": "smoke",
+    "test_run_dir": "smoke", "test_stack": "smoke",
     "test_bench": "slow", "test_real_data": "slow", "test_wheel": "slow", "test_resume": "slow", "test_gpu_path": "slow",
     "test_ddp": "ddp",
 }

@@ -33,7 +33,9 @@ class StackedConv(nn.Module):
 
 
 def stacked_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(sum(b.num_features for b in bns), eps=bns[0].eps, momentum=bns[0].momentum)
+    w = bns[0].weight
+    bn = nn.BatchNorm2d(sum(b.num_features for b in bns), eps=bns[0].eps, momentum=bns[0].momentum,
+                        device=w.device, dtype=w.dtype)
     bn.load_state_dict(stack_states([b.state_dict() for b in bns]))
     return bn
 
@@ -79,12 +81,14 @@ class StackedCifarNet(nn.Module):
         if len({n.depth for n in nets}) != 1:
             raise ValueError(f"stacked nets need one depth, got {sorted({n.depth for n in nets})}")
         self.n = len(nets)
-        residual = torch.tensor([1.0 if net.residual else 0.0 for net in nets])
+        w = nets[0].conv1.weight
+        residual = torch.tensor([1.0 if net.residual else 0.0 for net in nets], device=w.device, dtype=w.dtype)
         self.conv1, self.bn1 = StackedConv([m.conv1 for m in nets]), stacked_bn([m.bn1 for m in nets])
         for name in ("layer1", "layer2", "layer3"):
             stages = [getattr(net, name) for net in nets]
             setattr(self, name, nn.Sequential(*(StackedBlock(blocks, residual) for blocks in zip(*stages))))
-        self.fc = nn.Linear(nets[0].fc.in_features, self.n * nets[0].fc.out_features)
+        fc = nets[0].fc
+        self.fc = nn.Linear(fc.in_features, self.n * fc.out_features, device=fc.weight.device, dtype=fc.weight.dtype)
         self.fc.load_state_dict(stack_states([net.fc.state_dict() for net in nets]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
