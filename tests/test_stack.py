@@ -22,6 +22,7 @@ from reproduce.schedules import Schedule
 from reproduce.stacked import stack_groups, stacking
 
 from .conftest import run_cli
+from .test_resume import assert_same_run
 from .wandb_files import read_run
 
 TOL = 1e-9
@@ -230,23 +231,39 @@ def test_dry_run_names_the_stacks():
     assert "  resnet8-seed0, resnet8-seed1, plain8-seed0, plain8-seed1\n  resnet14-seed0, resnet14-seed1" in proc.stdout
 
 
+F32 = [a for a in F64 if a != "trainer.precision=64-true"]
+
+
+@pytest.fixture(scope="module")
+def stacked32(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stacked32")
+    run_cli(*F32, "trainer.stack=on", "wandb.mode=disabled", f"out_dir={out}", timeout=600)
+    return out / "resnet"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,then", [
-    ("kill:step:7", "on"),                    # between checkpoints: bit-identical to the uninterrupted stack
-    ("term:eval:10", "on"),                   # SIGTERM during the evaluation at the lr drop
-    ("kill:checkpoint:12:plain8-seed1", "off"),  # a stacked checkpoint continued unstacked
-])
-def test_a_stack_resumes_exactly_and_unstacked(fault, then, tmp_path, stacked, unstacked):
-    proc = run_cli(*F64, "trainer.stack=on", "wandb.mode=disabled", f"out_dir={tmp_path}",
+@pytest.mark.parametrize("fault", ["kill:step:7", "term:eval:10", "kill:checkpoint:12:plain8-seed1"])
+def test_a_killed_stack_resumes_bit_identical(fault, tmp_path, stacked32):
+    """float32, deterministic, one thread: every weight, buffer, momentum and metrics.csv row as
+    the uninterrupted stack's (test_resume.py's check, per run)."""
+    proc = run_cli(*F32, "trainer.stack=on", "wandb.mode=disabled", f"out_dir={tmp_path}",
                    env={"REPRODUCE_FAULT": fault}, check=False, timeout=600, new_session=True)
     assert proc.returncode in (-9, 130), proc.stderr[-3000:]
-    run_cli("resnet", "--resume", tmp_path, f"trainer.stack={then}", timeout=600)
-    if then == "on":
-        assert_equivalent(tmp_path / "resnet", stacked, tol=0.0)
-        for name in RUNS:
-            assert read_rows(tmp_path / "resnet" / name / "metrics.csv") == read_rows(stacked / name / "metrics.csv")
-    else:
-        assert_equivalent(tmp_path / "resnet", unstacked)
+    proc = run_cli("resnet", "--resume", tmp_path, timeout=600)
+    assert "stack of 4" in proc.stderr
+    for name in RUNS:
+        assert_same_run(stacked32 / name, tmp_path / "resnet" / name)
+
+
+@pytest.mark.slow
+def test_a_stacked_checkpoint_continues_unstacked(tmp_path, unstacked):
+    proc = run_cli(*F64, "trainer.stack=on", "wandb.mode=disabled", f"out_dir={tmp_path}",
+                   env={"REPRODUCE_FAULT": "kill:checkpoint:12:plain8-seed1"}, check=False, timeout=600,
+                   new_session=True)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    proc = run_cli("resnet", "--resume", tmp_path, "trainer.stack=off", timeout=600)
+    assert "stack of" not in proc.stderr
+    assert_equivalent(tmp_path / "resnet", unstacked)
 
 
 @pytest.mark.slow

@@ -114,33 +114,47 @@ def unstack_state(state: Dict[str, torch.Tensor], n: int, i: int) -> Dict[str, t
 
 
 class StackedSGD(torch.optim.Optimizer):
-    """torch.optim.SGD (momentum, weight decay, optionally Nesterov) with one lr per run: the
-    group's `lr` is a list of N rates, run i's applied to slice i of every parameter. Momentum and
-    weight decay are elementwise, so each slice follows exactly SGD's update of that run alone."""
+    """torch.optim.SGD (momentum, weight decay, optionally Nesterov; torch's formulation, the lr
+    applied to the momentum buffer) with one lr per run: the group's `lr` is a list of N rates,
+    run i's applied to slice i of every parameter. Momentum and weight decay are elementwise, so
+    each slice follows exactly SGD's update of that run alone. Multi-tensor ops (as torch's own
+    `foreach` SGD) keep the step's kernel launches independent of the depth; each parameter's
+    per-element lr is rebuilt only when a run's lr changes."""
 
     def __init__(self, params, n: int, momentum: float, weight_decay: float, nesterov: bool = False):
         super().__init__(params, {"lr": [0.0] * n, "momentum": momentum, "weight_decay": weight_decay,
                                   "nesterov": nesterov})
         self.n = n
+        self._lr_key, self._lr_tensors = None, []
+
+    def _lrs(self, lrs: list, params: list) -> list:
+        key = (tuple(lrs), tuple(id(p) for p in params))
+        if key != self._lr_key:
+            p0 = params[0]
+            rates = torch.tensor(lrs, dtype=p0.dtype, device=p0.device)
+            self._lr_tensors = [rates.view(-1, *[1] * p.dim()).expand(p.unflatten(0, (self.n, -1)).shape)
+                                .reshape(p.shape) for p in params]
+            self._lr_key = key
+        return self._lr_tensors
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             mu, wd = group["momentum"], group["weight_decay"]
-            lr = None
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if lr is None:
-                    lr = torch.tensor(group["lr"], dtype=p.dtype, device=p.device)
-                d_p = p.grad.add(p, alpha=wd) if wd else p.grad
-                if mu:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d_p.clone()
-                    else:
-                        state["momentum_buffer"].mul_(mu).add_(d_p)
-                    buf = state["momentum_buffer"]
-                    d_p = d_p.add(buf, alpha=mu) if group["nesterov"] else buf
-                p.unflatten(0, (self.n, -1)).sub_(d_p.unflatten(0, (self.n, -1))
-                                                  * lr.view(-1, *[1] * p.dim()))
+            grads = [p.grad for p in params]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if mu:
+                if any("momentum_buffer" not in self.state[p] for p in params):
+                    for p, g in zip(params, grads):
+                        self.state[p]["momentum_buffer"] = g.clone()
+                    bufs = [self.state[p]["momentum_buffer"] for p in params]
+                else:
+                    bufs = [self.state[p]["momentum_buffer"] for p in params]
+                    torch._foreach_mul_(bufs, mu)
+                    torch._foreach_add_(bufs, grads)
+                grads = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+            torch._foreach_addcmul_(params, grads, self._lrs(group["lr"], params), value=-1)
