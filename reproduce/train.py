@@ -137,6 +137,10 @@ def build_run(cfg, run_dir: Path, group: str, resume: bool = False, name: str | 
     module = ClassifierModule(model_name, optim, cfg.trainer.log_every, cfg.trainer.channels_last,
                               dm.num_classes, dm.eval_splits, cfg.trainer.accumulate, cuda_graph,
                               model_options(cfg, model_name))
+    if precision_for(cfg.trainer.precision, cfg.trainer.accelerator) == "64-true":
+        # float64 before fit: Lightning restores a checkpoint's weights before it converts the
+        # module to the precision, so a float32 module would round a resumed run's weights
+        module = module.double()
     if cfg.trainer.compile:
         # static shapes: one graph (and one CUDA graph) per batch shape, train and eval alike; the
         # module compiled in place keeps its state_dict keys, so its checkpoint loads uncompiled

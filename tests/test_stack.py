@@ -274,6 +274,6 @@ def test_unstacked_checkpoints_continue_as_a_stack(tmp_path, unstacked):
         proc = run_cli(*F64[:1], *where, *([] if i else F64[1:]), "trainer.stack=off", "wandb.mode=disabled",
                        f"only=[{name}]", env={"REPRODUCE_FAULT": "term:step:9"}, check=False, timeout=600)
         assert proc.returncode == 130, proc.stderr[-3000:]
-    proc = run_cli("resnet", "--resume", tmp_path, "trainer.stack=on", timeout=600)
+    proc = run_cli("resnet", "--resume", tmp_path, "trainer.stack=on", "only=[]", timeout=600)
     assert "stack of 4" in proc.stderr and "continuing from their checkpoints" in proc.stderr
     assert_equivalent(tmp_path / "resnet", unstacked)
