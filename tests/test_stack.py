@@ -229,6 +229,12 @@ def test_dry_run_names_the_stacks():
                    "--dry-run")
     assert "# stacks (trainer.stack=on" in proc.stdout
     assert "  resnet8-seed0, resnet8-seed1, plain8-seed0, plain8-seed1\n  resnet14-seed0, resnet14-seed1" in proc.stdout
+    # Table 6 stacks each depth's 5 seeds; Figure 6 each depth's plain and ResNet, ResNet-110 alone
+    table6 = run_cli("table6", "trainer.stack=on", "--dry-run").stdout.split("# stacks")[1].splitlines()[1:]
+    assert table6 == [f"  {', '.join(f'resnet{d}-seed{s}' for s in range(5))}" for d in (20, 32, 44, 56, 110)]
+    figure6 = run_cli("resnet", "trainer.stack=on", "--dry-run").stdout.split("# stacks")[1].splitlines()[1:]
+    assert figure6 == [f"  resnet{d}, plain{d}" for d in (20, 32, 44, 56)] + ["  resnet110"] or \
+        figure6 == [f"  plain{d}, resnet{d}" for d in (20, 32, 44, 56)] + ["  resnet110"], figure6
 
 
 F32 = [a for a in F64 if a != "trainer.precision=64-true"]
