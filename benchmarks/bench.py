@@ -376,10 +376,11 @@ def main(argv=None) -> int:
     variants = args.variants or (GPU_DEFAULT if on_gpu else ["fp32"])
     overhead_variants = [] if args.no_overhead else args.overhead_variants or (["fp32-graph"] if on_gpu else ["fp32"])
     stack_variant = args.stack_variant or ("bf16-graph" if on_gpu else "fp32")
-    graphed = [v for v in {*variants, *overhead_variants, *([stack_variant] if args.stack else [])}
-               if VARIANTS[v][2] == "cuda-graph"]
-    if graphed and not on_gpu:
-        p.error(f"--variants {' '.join(sorted(graphed))}: the CUDA-graph step needs --device cuda")
+    for flag, chosen in (("--variants", variants), ("--overhead-variants", overhead_variants),
+                         ("--stack-variant", [stack_variant] if args.stack else [])):
+        graphed = sorted({v for v in chosen if VARIANTS[v][2] == "cuda-graph"})
+        if graphed and not on_gpu:
+            p.error(f"{flag} {' '.join(graphed)}: the CUDA-graph step needs --device cuda")
     warmup, steps = args.warmup or (30 if on_gpu else 3), args.steps or (100 if on_gpu else 10)
     wandb_mode = args.wandb or ("offline" if wandb_installed() else "disabled")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
