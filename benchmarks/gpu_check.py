@@ -267,7 +267,7 @@ class Check:
 
     def phase_tests(self) -> None:
         status = self.run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *CUDA_TESTS,
-                                    "-k", "cuda"], self.left() * 0.2 if self.smoke else min(self.left() * 0.2, 150))
+                                    "-k", "cuda"], self.left() * 0.2 if self.smoke else min(self.left() * 0.3, 120))
         lines = (self.report_dir / "tests.log").read_text(errors="replace").strip().splitlines()
         self.result["phases"]["tests"] = {**status, "summary": lines[-1] if lines else ""}
         self.log(f"tests: {self.result['phases']['tests']}")
@@ -279,7 +279,7 @@ class Check:
         path = self.work / "bench.json"
         models = SMOKE_STACK_MODELS if self.smoke else STACK_MODELS
         # bench.py's --cpu-smoke: its tiny batch, windows and data, stacks of 1 and 2, the CPU's fp32
-        args = (["--cpu-smoke", "--models", *models, "--variants", "fp32"] if self.smoke else
+        args = (["--cpu-smoke", "--models", *models, "--variants", "fp32", "--repeats", "2"] if self.smoke else
                 ["--models", *models, "--variants", "bf16-graph", "--stack", *map(str, STACK_SIZES),
                  "--stack-variant", "bf16-graph", "--warmup", "20", "--steps", "50", "--repeats", "4"])
         # the smoke run is cut only by the whole budget, so that it does not depend on the machine's speed
