@@ -303,7 +303,8 @@ class Check:
                          f"{e['stack']['median']:.0f} img/s ({e['stack']['median'] / (int(n) * bench['batch']):.1f} it/s), "
                          f"plain loop {e['plain']['median']:.0f} img/s, stack/plain {e['ratio']['median']:.3f} "
                          f"(quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f})" +
-                         (f", {e['stack']['median'] / (bench['batch'] * one):.2f}x one run_one's images/s" if one else "")))
+                         (f", {e['stack']['median'] / (bench['batch'] * one):.2f}x the images/s of one run_one (of {n} "
+                          f"run_one's one after another)" if one else "")))
         projections = self.result["projections"] = {}
         for name, (experiment, overrides) in (SMOKE_PROJECTED if self.smoke else PROJECTED).items():
             projections[name] = p = project(experiment_stacks(experiment, overrides), rates, single)
@@ -373,10 +374,11 @@ class Check:
             stacks = {}
             for m, r in sweep["runs"].items():
                 stacks.setdefault(tuple(r.get("stack") or [m]), r)
-            # each stack reached: the time to its first logged step (start-up, data, capture) plus
-            # its length at its steady rate, evaluations included
+            # each stack reached: the sweep's time to the stack's first logged step (the stacks
+            # before it, its start-up, data and capture) plus its length at its steady rate,
+            # evaluations included: when the sweep would be done with it
             reached = [{"runs": list(names), "steady_it_per_s": r["steady_it_per_s"],
-                        "projected_s": round(r["first_logged_at_s"] + steps / r["steady_it_per_s"])}
+                        "projected_end_s": round(r["first_logged_at_s"] + steps / r["steady_it_per_s"])}
                        for names, r in stacks.items() if r.get("steady_it_per_s")]
             out["sweep"] = {"target_s": TARGETS["figure6_s"], "iterations": steps, "wall_s": wall,
                             "complete": sweep["complete"], "measured_s": wall if sweep["complete"] else None,
