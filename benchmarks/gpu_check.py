@@ -55,12 +55,13 @@ CUDA_TESTS = ["tests/test_train_step.py", "tests/test_gpu_path.py"]
 TARGETS = {"resnet20_64k_s": 120, "figure6_s": 600, "table6_s": 1800}
 STACK_OVERRIDES = ["trainer.precision=bf16-mixed", "trainer.train_step=cuda-graph"]
 # the depths measured, the shallowest, a middle one and the deepest of Figure 6 (the ones between
-# are interpolated), and the stack sizes: Figure 6's 2 and 1, table6's 5, and larger ones
-STACK_MODELS, STACK_SIZES = ["resnet20", "resnet56", "resnet110"], [1, 2, 5, 10, 20]
+# are interpolated), and the stack sizes: Figure 6's 2, table6's 5, and larger ones. A sweep trains
+# a run without a partner as run_one (sweep.run_plans), so N = 1 is run_one's own measurement
+STACK_MODELS, STACK_SIZES = ["resnet20", "resnet56", "resnet110"], [2, 5, 10, 20]
 # the experiments projected: (experiment, overrides of its paper profile)
 PROJECTED = {"figure6": ("resnet", []), "table6": ("table6", [])}
 # --cpu-smoke: the same code paths, tiny (depth 14 between the two measured)
-SMOKE_STACK_MODELS = ["resnet8", "resnet20"]  # stacks of 1 and 2: bench.py's --cpu-smoke
+SMOKE_STACK_MODELS, SMOKE_STACK_SIZES = ["resnet8", "resnet20"], [2]
 SMOKE_PROJECTED = {"figure6": ("resnet", ["models=[plain8,resnet8,plain14,resnet14,resnet20]"]),
                    "table6": ("table6", ["models=[resnet8,resnet14,resnet20]", "seeds=[0,1]"])}
 
@@ -108,10 +109,12 @@ def experiment_stacks(experiment: str, overrides: list[str]) -> list[tuple[list[
 
 def project(stacks: list[tuple[list[str], int, int]], rates: dict, single: dict) -> dict:
     """Seconds of training steps (evaluation and start-up excluded) of `stacks` one after another,
-    stacked at the measured stack rates, and as their runs one after another, each at one run's rate."""
+    stacked at the measured stack rates (a stack of one at run_one's: the sweep trains it so), and
+    as their runs one after another, each at run_one's rate."""
     rows = []
     for names, depth, steps in stacks:
-        r, r1 = rate_at(rates, depth, len(names)), rate_at(single, depth, 1)
+        r1 = rate_at(single, depth, 1)
+        r = r1 if len(names) == 1 else rate_at(rates, depth, len(names))
         rows.append({"runs": names, "depth": depth, "iterations": steps, "it_per_s": r,
                      "steps_s": steps / r if r else None, "unstacked_steps_s": len(names) * steps / r1 if r1 else None})
 
@@ -278,8 +281,9 @@ class Check:
         from reproduce.model_names import depth_of
         path = self.work / "bench.json"
         models = SMOKE_STACK_MODELS if self.smoke else STACK_MODELS
-        # bench.py's --cpu-smoke: its tiny batch, windows and data, stacks of 1 and 2, the CPU's fp32
-        args = (["--cpu-smoke", "--models", *models, "--variants", "fp32", "--repeats", "2"] if self.smoke else
+        # bench.py's --cpu-smoke: its tiny batch, windows and data, the CPU's fp32
+        args = (["--cpu-smoke", "--models", *models, "--variants", "fp32", "--repeats", "2", "--stack",
+                 *map(str, SMOKE_STACK_SIZES)] if self.smoke else
                 ["--models", *models, "--variants", "bf16-graph", "--stack", *map(str, STACK_SIZES),
                  "--stack-variant", "bf16-graph", "--warmup", "20", "--steps", "50", "--repeats", "4"])
         # the smoke run is cut only by the whole budget, so that it does not depend on the machine's speed

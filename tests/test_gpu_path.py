@@ -120,10 +120,11 @@ def test_projections_stack_figure6_and_table6_as_the_package_does():
 
 @pytest.mark.unit
 def test_projection_interpolates_seconds_per_iteration_in_depth():
-    rates = {(20, 2): 100.0, (56, 2): 25.0, (110, 1): 10.0}
+    rates = {(20, 2): 100.0, (56, 2): 25.0, (110, 1): 1.0}
     assert rate_at(rates, 20, 2) == 100.0
     assert rate_at(rates, 38, 2) == pytest.approx(1 / ((0.01 + 0.04) / 2))  # halfway: the mean of the seconds
     assert rate_at(rates, 110, 2) is None and rate_at(rates, 14, 2) is None and rate_at(rates, 56, 1) is None
+    # a run alone trains as run_one (the sweep does not stack it): its rate is run_one's, not a stack of one's
     single = {(20, 1): 80.0, (56, 1): 20.0, (110, 1): 10.0}
     p = project([(["plain20", "resnet20"], 20, 1000), (["plain56", "resnet56"], 56, 1000), (["resnet110"], 110, 1000)],
                 rates, single)
@@ -193,12 +194,12 @@ def test_gpu_check_cpu_smoke_end_to_end_without_installing_the_package(tmp_path)
     assert ph["data"]["train_images"] == 100 and ph["data"]["test_images"] == 20
     assert ph["tests"]["rc"] == 0 and "skipped" in ph["tests"]["summary"]  # the CUDA tests, skipped on a CPU
     bench = ph["bench"]
-    for model in ("resnet8", "resnet20"):  # one run_one of each against the plain loop, then their stacks of 1 and 2
+    for model in ("resnet8", "resnet20"):  # one run_one of each against the plain loop, then their stacks of 2
         e = bench["models"][model]["fp32"]
         assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["package"]["values"], e["plain"]["values"])])
-        assert set(bench["stack"]["models"][model]) == {"1", "2"}
+        assert set(bench["stack"]["models"][model]) == {"2"}
         assert all("error" not in e for e in bench["stack"]["models"][model].values())
-    # the projections: every stack's rate measured (depths 8 and 20) or interpolated (14)
+    # the projections: every stack's rate measured (depths 8 and 20), interpolated (14), or run_one's (resnet20 alone)
     fig6 = result["projections"]["figure6"]
     assert [(r["runs"], r["depth"]) for r in fig6["stacks"]] == [
         (["plain8", "resnet8"], 8), (["plain14", "resnet14"], 14), (["resnet20"], 20)]
