@@ -14,12 +14,22 @@ the ratio package/plain is taken per pair and reported as median and quartiles.
 
 The per-step host overhead is measured the same way on a model small enough that the host's work
 shows (OVERHEAD_MODEL): ms per step of the fit minus the plain loop's, per pair of windows.
+
+Stacks (`--stack N ...`): N runs of one model (seeds 0..N-1, each built by `train.build_run`)
+trained as one stacked network by `stacked.execute_stack`, with the plain loop (one net, the same
+batch) interleaved inside the stack's fit as above. A stack's window is ceil(steps / N) of its
+iterations, so both halves of a pair train about the same number of images. Images/s of the stack
+(N x batch per iteration) over the plain loop's, per pair, is the stack's speed-up over N runs
+trained one after another at the plain loop's speed; the unstacked package's own ratio to the plain
+loop is the variants' measurement in the same report.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -31,12 +41,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from reproduce.config import compose
+from reproduce.config import compose, for_model
 from reproduce.data.augment import random_crop_flip, step_generator
 from reproduce.data.datamodule import load_arrays
 from reproduce.graph_step import GraphedStep
 from reproduce.loggers import wandb_installed
 from reproduce.models import build
+from reproduce.stacked import execute_stack
 from reproduce.train import build_run, compile_mode_for, execute
 
 # the per-step overhead's model, batch and threads: little device work, so the host's shows
@@ -46,9 +57,13 @@ VARIANTS = {"fp32": ("32-true", False, "eager"), "bf16": ("bf16-mixed", False, "
             "fp32-graph": ("32-true", False, "cuda-graph"), "bf16-graph": ("bf16-mixed", False, "cuda-graph"),
             "fp32-compiled": ("32-true", True, "eager"), "bf16-compiled": ("bf16-mixed", True, "eager")}
 GPU_DEFAULT = ["fp32-graph", "bf16-graph", "fp32", "bf16-compiled"]  # the fast path first: a cap may cut the rest
-# --cpu-smoke: every code path on a CPU in seconds, tiny model and windows (numbers meaningless)
+# a stack trains one grouped network (stacked.py), which trainer.compile cannot compile
+STACK_VARIANTS = sorted(v for v, (_, compiled, _) in VARIANTS.items() if not compiled)
+# --cpu-smoke: every code path on a CPU in seconds, tiny model and windows (numbers meaningless);
+# options given explicitly win over these
 CPU_SMOKE = {"models": ["resnet8"], "variants": ["fp32", "bf16"], "batch": 8, "warmup": 1, "steps": 1,
-             "repeats": 3, "overhead_steps": 2, "overhead_repeats": 2}
+             "repeats": 3, "overhead_steps": 2, "overhead_repeats": 2, "stack": [1, 2]}
+DEFAULTS = {"models": ["resnet20", "resnet56"], "batch": 128, "repeats": 10, "stack": []}
 SMOKE_DATA = ["data.synthetic_train=512", "data.synthetic_test=64", "data.val_size=64", "data.eval_batch_size=64"]
 
 
@@ -125,11 +140,14 @@ class Interleaved(pl.Callback):
     runs the plain loop for `window` steps (timed), and opens the fit's next window. Everything the
     fit does between two marks is in its window (data, every callback, logging, checkpoints) except
     the evaluation loop, which is timed apart (`eval_seconds`) and taken out: the plain loop does
-    not evaluate. The device is synchronised at the marks only.
+    not evaluate. The device is synchronised at the marks only. `plain_window` (default `window`):
+    the plain loop's steps per window, where a fit's step is not one net's (a stack's).
     """
 
-    def __init__(self, plain, start: int, window: int, pairs: int, clock=time.perf_counter):
+    def __init__(self, plain, start: int, window: int, pairs: int, clock=time.perf_counter,
+                 plain_window: int | None = None):
         self.plain, self.start, self.window, self.pairs, self.clock = plain, start, window, pairs, clock
+        self.plain_window = plain_window or window
         self.plain_seconds: list[float] = []
         self.fit_seconds: list[float] = []
         self.eval_seconds = self._eval_in_window = self._eval_t0 = 0.0
@@ -149,7 +167,7 @@ class Interleaved(pl.Callback):
             self.fit_seconds.append(self.clock() - self._t0 - self._eval_in_window)
             self._t0 = None
         if len(self.plain_seconds) < self.pairs:
-            self.plain_seconds.append(self.plain.run(self.window))  # synchronised at both ends
+            self.plain_seconds.append(self.plain.run(self.plain_window))  # synchronised at both ends
             self._eval_in_window = 0.0
             self._t0 = self.clock()
 
@@ -186,21 +204,37 @@ def run_package(cfg, run_dir: Path, callbacks: list = ()) -> dict:
     return status
 
 
+def run_stack(cfg, n: int, run_dir: Path, callbacks: list = ()) -> list[dict]:
+    """Runs of `cfg.models[0]` with seeds 0..n-1, built as a sweep builds them (`build_run`, in
+    run_dir/SEED) and trained as one stack (`execute_stack`) with `callbacks`; their statuses."""
+    model = cfg.models[0]
+    runs = [build_run(for_model(cfg, model, seed), run_dir / f"seed{seed}", group="bench", name=f"{model}-seed{seed}")
+            for seed in range(n)]
+    statuses = execute_stack(runs, callbacks=tuple(callbacks))
+    bad = [s for s in statuses if s["status"] != "done"]
+    if bad:
+        raise RuntimeError(f"a stack of {n} ended '{bad[0]['status']}': {bad[0].get('error')}")
+    return statuses
+
+
 def interleaved(model_name: str, variant: str, arrays, data: list[str], batch: int, warmup: int, window: int,
-                pairs: int, device: torch.device, wandb_mode: str, run_dir: Path, threads: int | None = None):
-    """`pairs` windows of `window` steps of the plain loop and of run_one, interleaved in one fit
-    after `warmup` steps of each; the timer and run_one's status."""
+                pairs: int, device: torch.device, wandb_mode: str, run_dir: Path, threads: int | None = None,
+                stack: int | None = None, plain_window: int | None = None, fit_warmup: int | None = None):
+    """`pairs` windows of `window` steps of the plain loop and of run_one (a stack of `stack` runs
+    when given), interleaved in one fit after `warmup` steps of the plain loop and `fit_warmup`
+    (default `warmup`) of the fit; the timer and the fit's status(es)."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         plain = PlainLoop(model_name, arrays, batch, device, variant)
         plain.run(warmup)
-        timer = Interleaved(plain, warmup, window, pairs)
+        timer = Interleaved(plain, fit_warmup or warmup, window, pairs, plain_window=plain_window)
         cfg = package_config(model_name, batch, timer.last_step, variant, wandb_mode, threads, data)
-        status = run_package(cfg, run_dir, [timer])
+        status = run_package(cfg, run_dir, [timer]) if stack is None else run_stack(cfg, stack, run_dir, [timer])
     finally:
         torch.set_num_threads(before)
+        _release(device)
     if len(timer.fit_seconds) < pairs:
         raise RuntimeError(f"the fit stopped before its last window ({len(timer.fit_seconds)} of {pairs} timed)")
     return timer, status
@@ -215,6 +249,30 @@ def bench_variant(model_name: str, variant: str, arrays, data: list[str], batch:
     package = [batch * steps / s for s in t.fit_seconds]
     return {"overrides": variant_overrides(variant), "plain": summary(plain), "package": summary(package),
             "ratio": summary([p / q for p, q in zip(package, plain)]), "eval_s_excluded": t.eval_seconds}
+
+
+def bench_stack(model_name: str, n: int, variant: str, arrays, data: list[str], batch: int, warmup: int, steps: int,
+                repeats: int, device: torch.device, wandb_mode: str, tmp: Path) -> dict:
+    """Images/s of a stack of `n` runs (all of them together) and of the plain loop of one net over
+    `repeats` interleaved pairs, and their ratio per pair: the stack's speed-up over n runs in a row."""
+    window = math.ceil(steps / n)  # about `steps` x batch images in each half of a pair
+    # the fit's untimed start in its own iterations: at least a few (cudnn.benchmark's choice, the
+    # CUDA graph's capture), about `warmup` nets' worth of work beyond that
+    fit_warmup = min(warmup, max(5, math.ceil(warmup / n)))
+    t, _ = interleaved(model_name, variant, arrays, data, batch, warmup, window, repeats, device, wandb_mode,
+                       tmp / f"stack{n}-{model_name}-{variant}", stack=n, plain_window=steps, fit_warmup=fit_warmup)
+    plain = [batch * steps / s for s in t.plain_seconds]
+    stacked = [n * batch * window / s for s in t.fit_seconds]
+    return {"n": n, "window": window, "plain_window": steps, "fit_warmup": fit_warmup, "plain": summary(plain),
+            "stack": summary(stacked), "ratio": summary([p / q for p, q in zip(stacked, plain)]),
+            "eval_s_excluded": t.eval_seconds}
+
+
+def _release(device: torch.device) -> None:
+    """Free what the last fit left (its graphs, N datasets on the device) before the next one."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def bench_overhead(variant: str, arrays, data: list[str], window: int, pairs: int, device: torch.device,
@@ -258,24 +316,39 @@ def print_table(report: dict) -> None:
         print(f"per-step host overhead over the plain loop, {variant}: " + (f"failed: {o['error']}" if "error" in o else
               f"{_fmt(o['overhead_ms'], 2)} ms ({o['model']}, batch {o['batch']}, {o['threads']} thread; plain loop "
               f"{statistics.median(o['plain_ms_per_step']):.2f} ms per step; {o['pairs']} pairs of {o['window']} steps)"))
+    stack = report.get("stack")
+    if stack and stack["models"]:
+        print(f"stacks of N runs ({stack['variant']}): images/s of all N runs together against the plain loop of one "
+              f"net, per pair; stack/plain = the speed-up over N runs one after another at the plain loop's speed")
+        print(f"{'model':10} {'N':>3} {'plain loop':>18} {'stack':>18} {'stack/plain':>22}")
+        for name, entries in stack["models"].items():
+            for n, e in entries.items():
+                print(f"{name:10} {n:>3} failed: {e['error']}" if "error" in e else
+                      f"{name:10} {n:>3} {_fmt(e['plain'], 0):>18} {_fmt(e['stack'], 0):>18} {_fmt(e['ratio'], 3):>22}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    p.add_argument("--models", nargs="+", default=None, help=f"default: {' '.join(DEFAULTS['models'])}")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
                    help=f"default: fp32 (the step trainer.train_step=auto picks there) on a CPU, "
                         f"{' '.join(GPU_DEFAULT)} on a GPU")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=None, help=f"default: {DEFAULTS['batch']}")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CPU, 30 on GPU)")
     p.add_argument("--steps", type=int, default=None, help="steps per timed window (default 10 on CPU, 100 on GPU)")
-    p.add_argument("--repeats", type=int, default=10, help="interleaved pairs of windows, plain and package")
+    p.add_argument("--repeats", type=int, default=None, help=f"interleaved pairs of windows, plain and package "
+                   f"(default {DEFAULTS['repeats']})")
     p.add_argument("--overhead-steps", type=int, default=None, help="steps per window of the per-step overhead "
                    "measurement (default 100 on CPU, 200 on GPU)")
     p.add_argument("--overhead-repeats", type=int, default=None, help="its pairs of windows (default 20 on CPU, 10 on GPU)")
     p.add_argument("--overhead-variants", nargs="+", choices=sorted(VARIANTS), default=None,
                    help="default: fp32 on a CPU, fp32-graph on a GPU")
     p.add_argument("--no-overhead", action="store_true")
+    p.add_argument("--stack", nargs="+", type=int, default=None, metavar="N",
+                   help="also time stacks of N runs of each model (stacked.execute_stack; e.g. --stack 1 2 4) against "
+                        "the plain loop of one net (default: none)")
+    p.add_argument("--stack-variant", choices=STACK_VARIANTS, default=None,
+                   help="the stacks' precision and step (default: fp32 on a CPU, bf16-graph on a GPU)")
     p.add_argument("--data-root", default=None, help="time on CIFAR-10 from this data.root (default: synthetic)")
     p.add_argument("--wandb", choices=("offline", "disabled"), default=None,
                    help="W&B mode of the package runs (default: offline, as the CLI without a login; disabled without wandb)")
@@ -283,24 +356,31 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cpu-smoke", action="store_true", help="every path on the CPU in seconds: " +
                    ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                             for k, v in CPU_SMOKE.items()))
+                             for k, v in CPU_SMOKE.items()) + " (options given explicitly win)")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.device = "cpu"
-        vars(args).update(CPU_SMOKE)
+    for key, value in {**DEFAULTS, **(CPU_SMOKE if args.cpu_smoke else {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     for key in ("batch", "warmup", "steps", "repeats", "overhead_steps", "overhead_repeats"):
         value = getattr(args, key)
         if value is not None and value <= 0:
             p.error(f"--{key.replace('_', '-')} must be positive, got {value}")
+    if any(n <= 0 for n in args.stack):
+        p.error(f"--stack: stack sizes must be positive, got {' '.join(map(str, args.stack))}")
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     variants = args.variants or (GPU_DEFAULT if on_gpu else ["fp32"])
     overhead_variants = [] if args.no_overhead else args.overhead_variants or (["fp32-graph"] if on_gpu else ["fp32"])
-    graphed = [v for v in {*variants, *overhead_variants} if VARIANTS[v][2] == "cuda-graph"]
-    if graphed and not on_gpu:
-        p.error(f"--variants {' '.join(sorted(graphed))}: the CUDA-graph step needs --device cuda")
+    stack_variant = args.stack_variant or ("bf16-graph" if on_gpu else "fp32")
+    for flag, chosen in (("--variants", variants), ("--overhead-variants", overhead_variants),
+                         ("--stack-variant", [stack_variant] if args.stack else [])):
+        graphed = sorted({v for v in chosen if VARIANTS[v][2] == "cuda-graph"})
+        if graphed and not on_gpu:
+            p.error(f"{flag} {' '.join(graphed)}: the CUDA-graph step needs --device cuda")
     warmup, steps = args.warmup or (30 if on_gpu else 3), args.steps or (100 if on_gpu else 10)
     wandb_mode = args.wandb or ("offline" if wandb_installed() else "disabled")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -314,7 +394,9 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
               "torch": torch.__version__, "lightning": pl.__version__, "batch": args.batch, "warmup": warmup,
               "steps": steps, "repeats": args.repeats, "wandb_mode": wandb_mode,
-              "data": args.data_root or "synthetic", "models": {}, "overhead": {}}
+              "data": args.data_root or "synthetic", "models": {}, "overhead": {},
+              "stack": {"variant": stack_variant, "overrides": variant_overrides(stack_variant), "sizes": args.stack,
+                        "models": {}}}
     with tempfile.TemporaryDirectory() as tmp:  # the runs' own files: not results
         for variant in overhead_variants:
             try:
@@ -336,6 +418,18 @@ def main(argv=None) -> int:
                 except Exception as e:  # a variant that fails (compile on an odd machine) is reported, the rest go on
                     entry = failure(e)
                 report["models"][name][variant] = entry
+                _write(report, args.json_out)
+        for n in args.stack:  # every model's stack of n before any larger stack: a cap cuts the largest
+            for name in args.models:
+                try:
+                    entry = bench_stack(name, n, stack_variant, arrays, data, args.batch, warmup, steps, args.repeats,
+                                        device, wandb_mode, Path(tmp))
+                    print(f"{name} stack of {n} ({stack_variant}): plain {entry['plain']['median']:.0f} img/s, stack "
+                          f"{entry['stack']['median']:.0f} img/s, ratio {entry['ratio']['median']:.3f}",
+                          file=sys.stderr, flush=True)
+                except Exception as e:  # reported (a stack too large for the device's memory); the rest go on
+                    entry = failure(e)
+                report["stack"]["models"].setdefault(name, {})[str(n)] = entry
                 _write(report, args.json_out)
     print_table(report)
     return 0

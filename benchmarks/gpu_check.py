@@ -7,15 +7,18 @@ killed by the machine's time limit loses nothing earlier):
   1. setup  versions, the device;
   2. data   CIFAR-10 from --data: this project's JPEG archive (prepared here, in parallel) or a
             folder holding cifar-10-batches-py/;
-  3. tests  the tests that need a CUDA device (CUDA_TESTS, `pytest -k cuda`; skipped on a CPU);
-  4. bench  `scripts/bench.py` on the device: plain loop vs the package's run_one, fp32 vs bf16,
-            eager vs the CUDA-graph step vs torch.compile; the per-step host overhead;
-  5. sweep  Figure 6 (`python -m reproduce resnet`, 9 models, ResNet-110 included) with
-            trainer.parallel and the fastest variant the bench ran, its length sized from the
-            bench's rate so that it ends in time; when that is under 64k iterations the schedule
-            is scaled (milestones at the same fractions, 64 evaluation points) and the output says
-            so. At the deadline its workers are stopped (SIGTERM: a checkpoint, then exit) and the
-            report is drawn from what they logged.
+  3. bench  `scripts/bench.py` on the device, bf16 + the CUDA-graph step (STACK_OVERRIDES): one
+            run_one of each of STACK_MODELS against the plain loop (the single run's rate), then
+            stacks of STACK_SIZES runs of each (`trainer.stack`, stacked.py), every model's stack of
+            N before any larger N. From these rates, the wall time of the training steps of
+            Figure 6 and of table6 as the package stacks them (`stack_groups` of their plans), and
+            of their runs one after another unstacked, printed beside the targets (TARGETS);
+  4. tests  the tests that need a CUDA device (CUDA_TESTS, `pytest -k cuda`; skipped on a CPU);
+  5. sweep  Figure 6 (`python -m reproduce resnet`, 9 models, ResNet-110 included) at its full
+            64k iterations with `trainer.stack=on` and STACK_OVERRIDES, until the deadline: then
+            the stack training is stopped (SIGTERM: a checkpoint, then exit) and the report is
+            drawn from what the runs logged; each reached stack's rate (evaluations included)
+            projects its 64k wall time.
 
 Outputs in --out (default ./gpu-check-out): gpu_check.json (every number), gpu_check.log (this log)
 and gpu_check.tar.gz (results.md, the sweep's figure, each run's metrics.csv / status.json / log);
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import signal
@@ -48,25 +50,81 @@ SMOKE = {"max_steps": 8, "milestones": [4, 6], "eval_every": 4}
 FIG6 = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 SMOKE_SWEEP = ["plain8", "resnet8"]
 CUDA_TESTS = ["tests/test_train_step.py", "tests/test_gpu_path.py"]
-TARGETS = {"resnet20_64k_s": 120, "sweep_s": 900}  # README, "GPU": ResNet-20 64k <= 2 min, Figure 6 <= 15 min
-# an allowance, not a measurement: the sweep's processes start, load the data and capture their
-# graphs (compile, for a compiled variant) before their first step
-STARTUP_S = {"gpu": 60, "compiled": 180, "smoke": 5}
+# README, "GPU": ResNet-20 64k <= 2 min; issue 26: on one H200, Figure 6 (9 runs of 64k) <= 10 min
+# and table6 (25 runs of 64k) <= 30 min
+TARGETS = {"resnet20_64k_s": 120, "figure6_s": 600, "table6_s": 1800}
+STACK_OVERRIDES = ["trainer.precision=bf16-mixed", "trainer.train_step=cuda-graph"]
+# the depths measured, the shallowest, a middle one and the deepest of Figure 6 (the ones between
+# are interpolated), and the stack sizes: Figure 6's 2, table6's 5, and larger ones. A sweep trains
+# a run without a partner as run_one (sweep.run_plans), so N = 1 is run_one's own measurement
+STACK_MODELS, STACK_SIZES = ["resnet20", "resnet56", "resnet110"], [2, 5, 10, 20]
+# the experiments projected: (experiment, overrides of its paper profile)
+PROJECTED = {"figure6": ("resnet", []), "table6": ("table6", [])}
+# --cpu-smoke: the same code paths, tiny (depth 14 between the two measured)
+SMOKE_STACK_MODELS, SMOKE_STACK_SIZES = ["resnet8", "resnet20"], [2]
+SMOKE_PROJECTED = {"figure6": ("resnet", ["models=[plain8,resnet8,plain14,resnet14,resnet20]"]),
+                   "table6": ("table6", ["models=[resnet8,resnet14,resnet20]", "seeds=[0,1]"])}
 
 
-def plan_schedule(fit_steps: float, full: dict) -> dict:
-    """The longest schedule of the paper's shape that fits in `fit_steps` iterations: the full one
-    when it fits, else the same number of evaluation points, milestones at the same fractions."""
-    if fit_steps >= full["max_steps"]:
-        return {**full, "scaled": False}
-    points = full["max_steps"] // full["eval_every"]
-    eval_every = max(1, int(fit_steps) // points)
-    steps = max(eval_every * points, 4)
-    milestones = [max(1, round(m * steps / full["max_steps"])) for m in full["milestones"]]
-    return {"max_steps": steps, "milestones": milestones, "eval_every": eval_every, "scaled": True}
+def stack_rates(bench: dict) -> tuple[dict, dict]:
+    """From a bench report: {(depth, N): iterations/s of a stack of N} and {(depth, 1): iterations/s
+    of one run_one} (the variant the stacks ran), medians over the interleaved pairs."""
+    from reproduce.model_names import depth_of
+    stack, batch = bench.get("stack", {}), bench.get("batch")
+    rates = {(depth_of(m), int(n)): e["stack"]["median"] / (int(n) * batch)
+             for m, entries in stack.get("models", {}).items() for n, e in entries.items() if "stack" in e}
+    single = {(depth_of(m), 1): v[stack["variant"]]["package"]["median"] / batch
+              for m, v in bench.get("models", {}).items() if "package" in v.get(stack.get("variant"), {})}
+    return rates, single
+
+
+def rate_at(rates: dict, depth: int, n: int) -> float | None:
+    """Iterations/s of a stack of n nets of `depth`: measured, or interpolated between the nearest
+    measured depths at that n, linearly in seconds per iteration (a deeper CIFAR net is more of the
+    same blocks); None where no measured depth lies on both sides."""
+    if (depth, n) in rates:
+        return rates[depth, n]
+    below = [d for d, k in rates if k == n and d < depth]
+    above = [d for d, k in rates if k == n and d > depth]
+    if not below or not above:
+        return None
+    a, b = max(below), min(above)
+    s_a, s_b = 1 / rates[a, n], 1 / rates[b, n]
+    return 1 / (s_a + (s_b - s_a) * (depth - a) / (b - a))
+
+
+def experiment_stacks(experiment: str, overrides: list[str]) -> list[tuple[list[str], int, int]]:
+    """The stacks `trainer.stack=on` trains for an experiment (paper profile): [(run names, depth,
+    iterations)], grouped by the package's own `stack_groups`."""
+    from reproduce.config import compose
+    from reproduce.experiments import kind_of
+    from reproduce.model_names import depth_of
+    from reproduce.schedules import Schedule
+    from reproduce.stacked import stack_groups
+    cfg = compose(experiment, "paper", ["trainer.stack=on", *overrides])
+    groups = stack_groups(kind_of(cfg).plans(cfg), cfg.trainer.stack_max)
+    return [([name for name, _ in g], depth_of(g[0][1].models[0]), Schedule.for_run(g[0][1]).total_steps)
+            for g in groups]
+
+
+def project(stacks: list[tuple[list[str], int, int]], rates: dict, single: dict) -> dict:
+    """Seconds of training steps (evaluation and start-up excluded) of `stacks` one after another,
+    stacked at the measured stack rates (a stack of one at run_one's: the sweep trains it so), and
+    as their runs one after another, each at run_one's rate."""
+    rows = []
+    for names, depth, steps in stacks:
+        r1 = rate_at(single, depth, 1)
+        r = r1 if len(names) == 1 else rate_at(rates, depth, len(names))
+        rows.append({"runs": names, "depth": depth, "iterations": steps, "it_per_s": r,
+                     "steps_s": steps / r if r else None, "unstacked_steps_s": len(names) * steps / r1 if r1 else None})
+
+    def total(key):
+        return round(sum(row[key] for row in rows)) if all(row[key] for row in rows) else None
+    return {"stacks": rows, "stacked_steps_s": total("steps_s"), "unstacked_steps_s": total("unstacked_steps_s")}
 
 
 def schedule_overrides(plan: dict) -> list[str]:
+    """The sweep's schedule: `plan`'s length, lr drops and evaluation interval."""
     return [f"schedule.max_steps={plan['max_steps']}", f"schedule.milestones=[{','.join(map(str, plan['milestones']))}]",
             f"trainer.eval_every={plan['eval_every']}", f"trainer.log_every={min(50, plan['eval_every'])}"]
 
@@ -212,7 +270,7 @@ class Check:
 
     def phase_tests(self) -> None:
         status = self.run("tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *CUDA_TESTS,
-                                    "-k", "cuda"], self.left() * 0.2 if self.smoke else min(self.left() * 0.2, 150))
+                                    "-k", "cuda"], self.left() * 0.2 if self.smoke else min(self.left() * 0.3, 120))
         lines = (self.report_dir / "tests.log").read_text(errors="replace").strip().splitlines()
         self.result["phases"]["tests"] = {**status, "summary": lines[-1] if lines else ""}
         self.log(f"tests: {self.result['phases']['tests']}")
@@ -220,63 +278,59 @@ class Check:
             self.note(f"the CUDA tests failed (exit {status['rc']}): report/tests.log")
 
     def phase_bench(self) -> None:
+        from reproduce.model_names import depth_of
         path = self.work / "bench.json"
-        args = (["--cpu-smoke"] if self.smoke else ["--models", "resnet20", "--repeats", "8", "--overhead-repeats", "8"])
+        models = SMOKE_STACK_MODELS if self.smoke else STACK_MODELS
+        # bench.py's --cpu-smoke: its tiny batch, windows and data, the CPU's fp32
+        args = (["--cpu-smoke", "--models", *models, "--variants", "fp32", "--repeats", "2", "--stack",
+                 *map(str, SMOKE_STACK_SIZES)] if self.smoke else
+                ["--models", *models, "--variants", "bf16-graph", "--stack", *map(str, STACK_SIZES),
+                 "--stack-variant", "bf16-graph", "--warmup", "20", "--steps", "50", "--repeats", "4"])
         # the smoke run is cut only by the whole budget, so that it does not depend on the machine's speed
-        cap = self.left() * 0.5 if self.smoke else min(self.left() * 0.35, 170)
-        status = self.run("bench", [sys.executable, "scripts/bench.py", *args, "--wandb", "disabled",
+        cap = self.left() * 0.5 if self.smoke else min(self.left() * 0.5, 240)
+        status = self.run("bench", [sys.executable, "scripts/bench.py", *args, "--no-overhead", "--wandb", "disabled",
                                     "--json-out", str(path)], cap)
         bench = json.loads(path.read_text()) if path.exists() else {}
         self.result["phases"]["bench"] = {**bench, **status, "cap_s": round(cap)}
         if status["stopped"]:
-            self.note(f"bench stopped at its {cap:.0f} s cap; the variants measured by then are kept")
+            self.note(f"bench stopped at its {cap:.0f} s cap; the measurements made by then are kept")
         for model, variants in bench.get("models", {}).items():
             for variant, e in variants.items():
                 self.log(f"bench {model} {variant}: " + (f"FAILED {e['error']}" if "error" in e else
                          f"plain {e['plain']['median']:.0f} img/s, package {e['package']['median']:.0f} img/s, "
                          f"ratio {e['ratio']['median']:.3f} (quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f})"))
-        for variant, o in bench.get("overhead", {}).items():
-            self.log(f"bench per-step overhead, {variant}: " +
-                     (f"FAILED {o['error']}" if "error" in o else f"{o['overhead_ms']['median']:.2f} ms"))
-
-    def choose_variant(self) -> tuple[str, list[str], float]:
-        """The fastest variant the bench ran without error: its name, overrides and package rate (it/s)."""
-        bench = self.result["phases"].get("bench", {})
-        measured = bench.get("models", {}).get("resnet8" if self.smoke else "resnet20", {})
-        ok = {v: e["package"]["median"] / bench["batch"] for v, e in measured.items() if "package" in e}
-        if any("error" in e for e in measured.values()):
-            self.note(f"variants that failed in the bench: {[v for v, e in measured.items() if 'error' in e]}")
-        if not ok:
-            self.note("the bench measured no variant; the sweep uses the defaults with a guessed rate")
-            return "default", [], 20.0 if self.smoke else 200.0
-        best = max(ok, key=ok.get)
-        return best, measured[best]["overrides"], ok[best]
+        rates, single = stack_rates(bench) if bench else ({}, {})
+        for model, entries in bench.get("stack", {}).get("models", {}).items():
+            for n, e in entries.items():
+                one = single.get((depth_of(model), 1))
+                self.log(f"bench {model} stack of {n}: " + (f"FAILED {e['error']}" if "error" in e else
+                         f"{e['stack']['median']:.0f} img/s ({e['stack']['median'] / (int(n) * bench['batch']):.1f} it/s), "
+                         f"plain loop {e['plain']['median']:.0f} img/s, stack/plain {e['ratio']['median']:.3f} "
+                         f"(quartiles {e['ratio']['q1']:.3f}-{e['ratio']['q3']:.3f})" +
+                         (f", {e['stack']['median'] / (bench['batch'] * one):.2f}x the images/s of one run_one (of {n} "
+                          f"run_one's one after another)" if one else "")))
+        projections = self.result["projections"] = {}
+        for name, (experiment, overrides) in (SMOKE_PROJECTED if self.smoke else PROJECTED).items():
+            projections[name] = p = project(experiment_stacks(experiment, overrides), rates, single)
+            target = TARGETS[f"{name}_s"]
+            self.log(f"projection {name} ({len(p['stacks'])} stacks, training steps only): stacked "
+                     f"{p['stacked_steps_s']} s, unstacked one run after another {p['unstacked_steps_s']} s; "
+                     f"target <= {target} s" + ("" if p["stacked_steps_s"] is None else
+                                                " (met)" if p["stacked_steps_s"] <= target else " (NOT met)"))
 
     def phase_sweep(self) -> None:
-        from reproduce.models import depth_of
-        variant, overrides, rate = self.choose_variant()
         full, models = (SMOKE, SMOKE_SWEEP) if self.smoke else (PAPER, FIG6)
+        overrides = [] if self.smoke else STACK_OVERRIDES  # a CPU has neither bf16 kernels worth timing nor graphs
         window = self.left() - (8 if self.smoke else 30)  # the report and packing after it
-        startup = STARTUP_S["smoke" if self.smoke else "compiled" if "compiled" in variant else "gpu"]
-        # the bench's one process in ResNet-20 steps/s stands for the device (a lower bound where
-        # several processes fill the device better than one)
-        work_per_step = sum(depth_of(m) for m in models) / depth_of(models[-1] if self.smoke else "resnet20")
-        plan = plan_schedule(math.inf if self.smoke else (window - startup) * rate / work_per_step / 1.2, full)
-        parallel = min(self.args.parallel, len(models))
-        sweep = self.result["phases"]["sweep"] = {"models": models, "parallel": parallel, "variant": variant,
-                                                  "overrides": overrides, "window_s": round(window),
-                                                  "bench_it_per_s": round(rate, 1), "plan": plan}
-        if plan["scaled"]:
-            self.note(f"Figure 6 sweep SCALED to {plan['max_steps']} iterations (milestones {plan['milestones']}, "
-                      f"evaluation every {plan['eval_every']}) to fit {window:.0f} s; the paper's is {full['max_steps']}")
+        sweep = self.result["phases"]["sweep"] = {"models": models, "stack": "on", "overrides": overrides,
+                                                  "window_s": round(window), "plan": full}
         exp_dir = self.work / "sweep" / "resnet"
         small = ["data.batch_size=16", "schedule.ref_batch=16", "data.eval_batch_size=64", "trainer.checkpoint_every=4"]
-        cmd = [sys.executable, "-m", "reproduce", "resnet", f"models=[{','.join(models)}]", f"trainer.parallel={parallel}",
-               f"out_dir={self.work / 'sweep'}", "wandb.mode=disabled", "trainer.progress=false", *overrides, *self.data,
-               *(small if self.smoke else []), *schedule_overrides(plan)]
+        cmd = [sys.executable, "-m", "reproduce", "resnet", f"models=[{','.join(models)}]", "trainer.stack=on",
+               "trainer.parallel=1", f"out_dir={self.work / 'sweep'}", "wandb.mode=disabled", "trainer.progress=false",
+               *overrides, *self.data, *(small if self.smoke else []), *schedule_overrides(full)]
         progress = {m: Progress(exp_dir / m, time.monotonic()) for m in models}
-        threads = {"TORCHINDUCTOR_COMPILE_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
-        sweep["process"] = self.run("sweep", cmd, window, progress, threads)
+        sweep["process"] = self.run("sweep", cmd, window, progress)
         self.record_sweep(exp_dir, models, progress)
 
     def record_sweep(self, exp_dir: Path, models: list[str], progress: dict) -> None:
@@ -287,7 +341,8 @@ class Check:
         for m in models:
             st = read_status(exp_dir / m)
             sweep["runs"][m] = {**progress[m].summary(), **{k: st.get(k) for k in (
-                "status", "step", "total_steps", "wall_s", "final_test_err", "best_test_err", "last_train_err", "error")}}
+                "status", "step", "total_steps", "wall_s", "final_test_err", "best_test_err", "last_train_err", "error",
+                "stack")}}
             self.log(f"sweep {m}: {sweep['runs'][m]}")
         sweep["complete"] = done = all(r.get("status") == "done" for r in sweep["runs"].values())
         if not done:
@@ -295,9 +350,8 @@ class Check:
         runs = load_runs([exp_dir / m for m in models])
         if runs:
             plan = sweep["plan"]
-            title = (f"Figure 6 sweep on {self.result.get('env', {}).get('gpu', 'cpu')}: {plan['max_steps']} iterations"
-                     f"{' (SCALED from 64k)' if plan['scaled'] else ''}, lr x0.5 at {plan['milestones']}"
-                     f"{'' if done else ' — stopped at the deadline'}")
+            title = (f"Figure 6 sweep on {self.result.get('env', {}).get('gpu', 'cpu')}, stacked: {plan['max_steps']} "
+                     f"iterations, lr x0.5 at {plan['milestones']}{'' if done else ' — stopped at the deadline'}")
             curves_figure(runs, self.report_dir / "sweep.png", title)
             write_results(results_rows(runs), self.report_dir / "sweep-results.md", f"# {title}")
         for m in models:
@@ -313,14 +367,26 @@ class Check:
         if rates:  # the training steps alone, one process with the device to itself
             out["resnet20_64k_s"] = {"target": TARGETS["resnet20_64k_s"], "steps_only_s": round(PAPER["max_steps"] / max(rates)),
                                      "met": PAPER["max_steps"] / max(rates) <= TARGETS["resnet20_64k_s"]}
+        for name, p in self.result.get("projections", {}).items():
+            target = TARGETS[f"{name}_s"]
+            out[f"{name}_s"] = {"target": target, "stacked_steps_only_s": p["stacked_steps_s"],
+                                "unstacked_steps_only_s": p["unstacked_steps_s"],
+                                "met": None if p["stacked_steps_s"] is None else p["stacked_steps_s"] <= target}
         sweep = ph.get("sweep", {})
         if sweep.get("process"):
             steps, wall = sweep["plan"]["max_steps"], sweep["process"]["wall_s"]
-            firsts = [r["first_logged_at_s"] for r in sweep["runs"].values() if r.get("first_logged_at_s") is not None]
-            start = min(max(firsts), wall) if firsts else 0.0  # start-up and compile: paid once, not per iteration
-            out["sweep"] = {"target_s": TARGETS["sweep_s"], "iterations": steps, "wall_s": wall, "complete": sweep["complete"],
-                            "projected_64k_s": round(start + (wall - start) * PAPER["max_steps"] / steps)
-                            if sweep["complete"] else None}
+            stacks = {}
+            for m, r in sweep["runs"].items():
+                stacks.setdefault(tuple(r.get("stack") or [m]), r)
+            # each stack reached: the sweep's time to the stack's first logged step (the stacks
+            # before it, its start-up, data and capture) plus its length at its steady rate,
+            # evaluations included: when the sweep would be done with it
+            reached = [{"runs": list(names), "steady_it_per_s": r["steady_it_per_s"],
+                        "projected_end_s": round(r["first_logged_at_s"] + steps / r["steady_it_per_s"])}
+                       for names, r in stacks.items() if r.get("steady_it_per_s")]
+            out["sweep"] = {"target_s": TARGETS["figure6_s"], "iterations": steps, "wall_s": wall,
+                            "complete": sweep["complete"], "measured_s": wall if sweep["complete"] else None,
+                            "stacks": reached}
         self.result["targets"] = out
 
 
@@ -336,10 +402,10 @@ def results_markdown(result: dict) -> str:
     if "tests" in ph:
         lines += [f"CUDA tests ({' '.join(CUDA_TESTS)} -k cuda): {ph['tests'].get('summary')}", ""]
     bench = ph.get("bench", {})
+    cell = lambda s, d: f"{s['median']:.{d}f} ({s['q1']:.{d}f}-{s['q3']:.{d}f})"  # noqa: E731
     if bench.get("models"):
         lines += ["## Bench (images/s, median (quartiles) of interleaved pairs of windows)", "",
                   "| model | variant | plain loop | package (run_one) | package/plain |", "|---|---|---|---|---|"]
-        cell = lambda s, d: f"{s['median']:.{d}f} ({s['q1']:.{d}f}-{s['q3']:.{d}f})"  # noqa: E731
         for model, variants in bench["models"].items():
             for variant, e in variants.items():
                 lines.append(f"| {model} | {variant} | failed: {e['error']} | | |" if "error" in e else
@@ -349,15 +415,33 @@ def results_markdown(result: dict) -> str:
                       else f"{cell(o['overhead_ms'], 2)} ms ({o['model']}, batch {o['batch']}, {o['threads']} thread, "
                            f"{o['pairs']} interleaved pairs of {o['window']} steps)")]
         lines.append("")
+    stack = bench.get("stack", {})
+    if stack.get("models"):
+        lines += [f"## Stacks ({stack['variant']}): images/s of all N runs, median (quartiles) of interleaved pairs", "",
+                  "| model | N | plain loop (one net) | stack | stack/plain |", "|---|---|---|---|---|"]
+        for model, entries in stack["models"].items():
+            for n, e in entries.items():
+                lines.append(f"| {model} | {n} | failed: {e['error']} | | |" if "error" in e else
+                             f"| {model} | {n} | {cell(e['plain'], 0)} | {cell(e['stack'], 0)} | {cell(e['ratio'], 3)} |")
+        lines.append("")
+    for name, p in result.get("projections", {}).items():
+        lines += [f"## Projected {name}: training steps only (evaluation and start-up excluded), target "
+                  f"<= {TARGETS[name + '_s']} s", "",
+                  f"Stacked: {p['stacked_steps_s']} s; its runs one after another unstacked: {p['unstacked_steps_s']} s.", "",
+                  "| stack | depth | iterations | it/s | s |", "|---|---|---|---|---|"]
+        lines += [f"| {', '.join(r['runs'])} | {r['depth']} | {r['iterations']} | "
+                  f"{'' if r['it_per_s'] is None else round(r['it_per_s'], 1)} | "
+                  f"{'' if r['steps_s'] is None else round(r['steps_s'])} |" for r in p["stacks"]]
+        lines.append("")
     sweep = ph.get("sweep", {})
     if sweep.get("runs"):
         plan = sweep["plan"]
-        lines += [f"## Figure 6 sweep: {plan['max_steps']} iterations{' (SCALED)' if plan['scaled'] else ''}, milestones "
-                  f"{plan['milestones']}, variant {sweep['variant']}", "",
-                  "| run | status | step | wall (s) | first log at (s) | steady it/s | final test err (%) |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {m} | {r.get('status')} | {r.get('step') or r.get('last_logged_step')} | {r.get('wall_s')} | "
-                  f"{r.get('first_logged_at_s')} | {r.get('steady_it_per_s')} | {r.get('final_test_err')} |"
+        lines += [f"## Figure 6 sweep, trainer.stack=on: {plan['max_steps']} iterations, milestones {plan['milestones']}, "
+                  f"{' '.join(sweep['overrides']) or 'defaults'}", "",
+                  "| run | stack | status | step | wall (s) | first log at (s) | steady it/s | final test err (%) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {', '.join(r.get('stack') or [])} | {r.get('status')} | {r.get('step') or r.get('last_logged_step')} | "
+                  f"{r.get('wall_s')} | {r.get('first_logged_at_s')} | {r.get('steady_it_per_s')} | {r.get('final_test_err')} |"
                   for m, r in sweep["runs"].items()]
         lines += ["", "![sweep](sweep.png)", ""]
     if result.get("targets"):
@@ -372,11 +456,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gpu-check-out", help="gpu_check.json, .log and .tar.gz (default: ./gpu-check-out)")
     p.add_argument("--work", default=None, help="the runs and the prepared data (default: OUT/work)")
     p.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything after the install")
-    p.add_argument("--parallel", type=int, default=9, help="trainer.parallel of the Figure 6 sweep")
     p.add_argument("--cpu-smoke", action="store_true", help="the same phases on a CPU, tiny")
     args = p.parse_args(argv)
-    if args.budget_s <= 0 or args.parallel <= 0:
-        p.error("--budget-s and --parallel must be positive")
+    if args.budget_s <= 0:
+        p.error(f"--budget-s must be positive, got {args.budget_s:g}")
     if args.data is not None and not Path(args.data).exists():
         p.error(f"--data {args.data}: no such file or folder")
     if args.data is None and not args.cpu_smoke:
@@ -385,7 +468,7 @@ def main(argv=None) -> int:
     args.work = str(Path(args.work).resolve()) if args.work else str(Path(args.out) / "work")
     check = Check(args)
     check.log(f"gpu_check: budget {args.budget_s:.0f} s, out {check.out}, work {check.work}")
-    for name in ("setup", "data", "tests", "bench", "sweep"):
+    for name in ("setup", "data", "bench", "tests", "sweep"):  # the numbers wanted most first
         t = time.monotonic()
         check.log(f"=== phase {name} ({check.left():.0f} s left)")
         try:

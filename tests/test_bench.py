@@ -48,6 +48,20 @@ def test_bench_report_holds_paired_ratios_and_the_overhead(bench):
     assert o["overhead_ms"]["values"] == pytest.approx(diffs)
 
 
+def test_bench_report_holds_stacks_against_the_plain_loop(bench):
+    report, table = bench
+    stack = report["stack"]
+    assert stack["sizes"] == [1, 2] and stack["variant"] == "fp32" and "trainer.train_step=eager" in stack["overrides"]
+    for n, e in stack["models"]["resnet8"].items():
+        assert "error" not in e, e
+        assert e["n"] == int(n) and e["plain_window"] == 1 and e["window"] == 1  # ceil(1 step / N)
+        for key in ("plain", "stack", "ratio"):
+            check_summary(e[key], 3)
+        # images/s of all N runs over the plain loop's, per interleaved pair
+        assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["stack"]["values"], e["plain"]["values"])])
+        assert f"resnet8    {n:>3} " in table
+
+
 class FakeClock:
     """Seconds that pass only when a test says so: the bookkeeping is checked without timing anything."""
 
@@ -96,8 +110,49 @@ def test_interleaving_alternates_windows_and_takes_evaluation_out(tmp_path):
     assert (tmp_path / "run" / "metrics.csv").exists()
 
 
+def test_interleaving_rides_a_stack_with_its_own_plain_window(tmp_path):
+    """The same timer inside execute_stack: a stack's iteration is N runs' steps, so the plain loop's
+    window is set apart (here 3 of its steps against 2 of the stack's); each run keeps its files."""
+    import pytorch_lightning as pl
+    from benchmarks.bench import Interleaved, package_config, run_stack
+
+    clock = FakeClock()
+
+    class Plain:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, steps):
+            self.calls.append(steps)
+            clock.now += 1.0 * steps
+            return 1.0 * steps
+
+    class Ticks(pl.Callback):  # the stack: 10 s per iteration, 100 s per evaluation batch
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            assert pl_module.n == 2
+            clock.now += 10.0
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            clock.now += 100.0
+
+    plain = Plain()
+    timer = Interleaved(plain, start=2, window=2, pairs=3, clock=clock, plain_window=3)
+    cfg = package_config("resnet8", 4, timer.last_step, "fp32", "disabled",
+                         data=["data.dataset=synthetic", "data.synthetic_train=320", "data.synthetic_test=16",
+                               "data.val_size=16", "trainer.eval_every=4"])
+    statuses = run_stack(cfg, 2, tmp_path / "stack", [timer, Ticks()])
+    assert plain.calls == [3, 3, 3] and timer.plain_seconds == [3.0] * 3
+    assert timer.fit_seconds == [20.0] * 3 and timer.eval_seconds > 0 and timer.eval_seconds % 100 == 0
+    assert [s["stack"] for s in statuses] == [["resnet8-seed0", "resnet8-seed1"]] * 2
+    assert all((tmp_path / "stack" / f"seed{i}" / "metrics.csv").exists() for i in (0, 1))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--repeats", "0"], "--repeats must be positive, got 0"),
+    (["--stack", "2", "0"], "--stack: stack sizes must be positive, got 2 0"),
+    (["--stack", "2", "--stack-variant", "bf16-graph", "--device", "cpu"],
+     "--stack-variant bf16-graph: the CUDA-graph step needs --device cuda"),
+    (["--stack-variant", "bf16-compiled"], "invalid choice: 'bf16-compiled'"),
     (["--variants", "fp32-graph", "--device", "cpu"], "--variants fp32-graph: the CUDA-graph step needs --device cuda"),
     (["--variants", "fp16"], "invalid choice: 'fp16'"),
 ])

@@ -18,7 +18,8 @@ from reproduce.train import compile_mode_for, run_one
 from .conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # benchmarks/ sits beside the package, not in it
-from benchmarks.gpu_check import PAPER, Progress, last_logged_step, plan_schedule  # noqa: E402
+from benchmarks.gpu_check import (PROJECTED, TARGETS, Progress, experiment_stacks, last_logged_step,  # noqa: E402
+                                  project, rate_at, stack_rates)
 
 
 def test_compile_and_bf16_on_cpu_train_and_evaluate_with_one_graph_each(tmp_path):
@@ -45,6 +46,38 @@ def test_compile_mode_auto_is_cuda_graphs_on_gpu_only():
     assert compile_mode_for("auto", "auto") == ("reduce-overhead" if torch.cuda.is_available() else "default")
     with pytest.raises(ConfigError, match="trainer.compile_mode"):
         compose("resnet", "smoke", ["trainer.compile_mode=fast"])
+
+
+def stack_checkpoints(out, accelerator: str, train_step: str) -> dict:
+    """A stack of plain8 and resnet8 (the smoke schedule: 8 iterations, lr drops) trained by
+    execute_stack in fp32; each run's last checkpoint."""
+    from reproduce.experiments import model_plans
+    from reproduce.stacked import execute_stack
+    from reproduce.train import build_run
+    cfg = compose("resnet", "smoke", ["models=[plain8,resnet8]", "trainer.stack=on", f"trainer.accelerator={accelerator}",
+                                      "trainer.precision=32-true", f"trainer.train_step={train_step}",
+                                      "wandb.mode=disabled", "trainer.progress=false"])
+    plans = model_plans(cfg)
+    statuses = execute_stack([build_run(run_cfg, out / name, "test", name=name) for name, run_cfg in plans])
+    assert [s["status"] for s in statuses] == ["done", "done"], statuses
+    return {name: torch.load(out / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+            for name, _ in plans}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_stack_trains_as_the_eager_stack(tmp_path):
+    """trainer.train_step=cuda-graph for a stack (one GraphedStep around StackedModule's loss and
+    sums): every run's weights, BN statistics and momentum buffers match the eager stack's up to
+    kernel rounding, at the same iteration."""
+    eager, graphed = (stack_checkpoints(tmp_path / mode, "gpu", mode) for mode in ("eager", "cuda-graph"))
+    for name, e in eager.items():
+        g = graphed[name]
+        assert g["global_step"] == e["global_step"] == 8 and g["state_dict"].keys() == e["state_dict"].keys()
+        for k, v in e["state_dict"].items():
+            torch.testing.assert_close(g["state_dict"][k].float(), v.float(), rtol=1e-3, atol=1e-4, msg=f"{name} {k}")
+        for k, v in e["optimizer_states"][0]["state"].items():
+            torch.testing.assert_close(g["optimizer_states"][0]["state"][k]["momentum_buffer"], v["momentum_buffer"],
+                                       rtol=1e-3, atol=1e-4)
 
 
 BLOCK_WANDB = """
@@ -74,13 +107,34 @@ def test_runs_without_wandb_installed(tmp_path, mode):
         assert "wandb is not installed" in proc.stderr
 
 
-def test_plan_schedule_keeps_the_papers_shape():
-    assert plan_schedule(70000, PAPER) == {**PAPER, "scaled": False}
-    plan = plan_schedule(10000, PAPER)
-    # 64 evaluation points as the paper's 64k / 1k; milestones at 50% and 75%
-    assert plan == {"max_steps": 9984, "milestones": [4992, 7488], "eval_every": 156, "scaled": True}
-    small = plan_schedule(10, PAPER)
-    assert small["max_steps"] >= 4 and 0 < small["milestones"][0] < small["milestones"][1] < small["max_steps"]
+@pytest.mark.unit
+def test_projections_stack_figure6_and_table6_as_the_package_does():
+    fig6, table6 = (experiment_stacks(*PROJECTED[name]) for name in ("figure6", "table6"))
+    assert [(names, depth) for names, depth, _ in fig6] == [
+        (["plain20", "resnet20"], 20), (["plain32", "resnet32"], 32), (["plain44", "resnet44"], 44),
+        (["plain56", "resnet56"], 56), (["resnet110"], 110)]
+    assert [(len(names), depth) for names, depth, _ in table6] == [(5, 20), (5, 32), (5, 44), (5, 56), (5, 110)]
+    assert {steps for _, _, steps in fig6 + table6} == {64000}
+    assert TARGETS["figure6_s"] == 600 and TARGETS["table6_s"] == 1800  # issue 26, on one H200
+
+
+@pytest.mark.unit
+def test_projection_interpolates_seconds_per_iteration_in_depth():
+    rates = {(20, 2): 100.0, (56, 2): 25.0, (110, 1): 1.0}
+    assert rate_at(rates, 20, 2) == 100.0
+    assert rate_at(rates, 38, 2) == pytest.approx(1 / ((0.01 + 0.04) / 2))  # halfway: the mean of the seconds
+    assert rate_at(rates, 110, 2) is None and rate_at(rates, 14, 2) is None and rate_at(rates, 56, 1) is None
+    # a run alone trains as run_one (the sweep does not stack it): its rate is run_one's, not a stack of one's
+    single = {(20, 1): 80.0, (56, 1): 20.0, (110, 1): 10.0}
+    p = project([(["plain20", "resnet20"], 20, 1000), (["plain56", "resnet56"], 56, 1000), (["resnet110"], 110, 1000)],
+                rates, single)
+    assert [r["steps_s"] for r in p["stacks"]] == pytest.approx([10, 40, 100])
+    assert p["stacked_steps_s"] == 150 and p["unstacked_steps_s"] == round(2 * 1000 / 80 + 2 * 1000 / 20 + 100)
+    assert project([(["resnet32"] * 5, 32, 1000)], rates, single)["stacked_steps_s"] is None  # no stack of 5 measured
+    bench = {"batch": 10, "models": {"resnet20": {"bf16-graph": {"package": {"median": 800.0}}}},
+             "stack": {"variant": "bf16-graph", "models": {"resnet20": {"2": {"stack": {"median": 2000.0}},
+                                                                       "5": {"error": "OOM"}}}}}
+    assert stack_rates(bench) == ({(20, 2): 100.0}, {(20, 1): 80.0})  # images/s of N runs -> iterations/s
 
 
 def test_progress_rate_is_the_slope_of_the_later_samples(tmp_path):
@@ -139,17 +193,27 @@ def test_gpu_check_cpu_smoke_end_to_end_without_installing_the_package(tmp_path)
     ph = result["phases"]
     assert ph["data"]["train_images"] == 100 and ph["data"]["test_images"] == 20
     assert ph["tests"]["rc"] == 0 and "skipped" in ph["tests"]["summary"]  # the CUDA tests, skipped on a CPU
-    for variant in ("fp32", "bf16"):  # bf16 autocast measured on the CPU too
-        e = ph["bench"]["models"]["resnet8"][variant]
+    bench = ph["bench"]
+    for model in ("resnet8", "resnet20"):  # one run_one of each against the plain loop, then their stacks of 2
+        e = bench["models"][model]["fp32"]
         assert e["ratio"]["values"] == pytest.approx([p / q for p, q in zip(e["package"]["values"], e["plain"]["values"])])
-    assert "overhead_ms" in ph["bench"]["overhead"]["fp32"]
+        assert set(bench["stack"]["models"][model]) == {"2"}
+        assert all("error" not in e for e in bench["stack"]["models"][model].values())
+    # the projections: every stack's rate measured (depths 8 and 20), interpolated (14), or run_one's (resnet20 alone)
+    fig6 = result["projections"]["figure6"]
+    assert [(r["runs"], r["depth"]) for r in fig6["stacks"]] == [
+        (["plain8", "resnet8"], 8), (["plain14", "resnet14"], 14), (["resnet20"], 20)]
+    assert all(r["it_per_s"] > 0 for r in fig6["stacks"]) and fig6["stacked_steps_s"] > 0 and fig6["unstacked_steps_s"] > 0
+    assert [len(r["runs"]) for r in result["projections"]["table6"]["stacks"]] == [2, 2, 2]
+    assert {"figure6_s", "table6_s"} <= set(result["targets"])
     sweep = ph["sweep"]
-    assert sweep["complete"] and sweep["parallel"] == 2 and set(sweep["runs"]) == {"plain8", "resnet8"}
-    assert sweep["overrides"] == ph["bench"]["models"]["resnet8"][sweep["variant"]]["overrides"]  # the fastest measured
-    assert all(r["status"] == "done" and r["step"] == 8 for r in sweep["runs"].values()), sweep["runs"]
-    assert "sweep" in result["targets"]
+    assert sweep["complete"] and set(sweep["runs"]) == {"plain8", "resnet8"}
+    assert all(r["status"] == "done" and r["step"] == 8 and r["stack"] == ["plain8", "resnet8"]
+               for r in sweep["runs"].values()), sweep["runs"]
+    assert result["targets"]["sweep"]["measured_s"] == sweep["process"]["wall_s"]
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         names = set(tar.getnames())
+    assert "## Stacks" in (out / "work" / "report" / "results.md").read_text()
     assert {"gpu_check/results.md", "gpu_check/sweep.png", "gpu_check/tests.log", "gpu_check/bench.log",
             "gpu_check/sweep/resnet8/metrics.csv"} <= names
 
@@ -157,7 +221,7 @@ def test_gpu_check_cpu_smoke_end_to_end_without_installing_the_package(tmp_path)
 @pytest.mark.parametrize("args,message", [
     (["--data", "nope.tar.xz"], "--data nope.tar.xz: no such file or folder"),
     ([], "--data ARCHIVE|FOLDER is needed"),
-    (["--cpu-smoke", "--budget-s", "0"], "--budget-s and --parallel must be positive"),
+    (["--cpu-smoke", "--budget-s", "0"], "--budget-s must be positive, got 0"),
 ])
 def test_gpu_check_refuses_bad_input_in_one_line(tmp_path, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *args], cwd=tmp_path,
