@@ -297,7 +297,9 @@ class StackCheckpointIO(CheckpointIO):
     """Lightning's checkpoint IO (its public plugin API) for a stack: a save writes each active
     run's own `last.ckpt` (StackedModule.single_checkpoint), each to a temporary name first, then
     all renamed; a load reads the runs' files back into the stacked checkpoint. The path Lightning
-    passes is not used: the files are the runs'."""
+    passes is not used: the files are the runs'. The N renames are not one atomic step: a kill
+    between two of them leaves the runs one checkpoint apart, and each continues from its own
+    (in separate stacks, since a stack starts at one iteration)."""
 
     def __init__(self, module: StackedModule, fault: Fault | None):
         super().__init__()
