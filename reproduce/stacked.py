@@ -24,6 +24,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -38,15 +39,15 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .callbacks import AtomicCheckpoint, LRSchedule, StopAtLastStep
-from .callbacks.checkpoint import LAST, Fault, RunInterrupted
-from .config import stack_blockers, to_dict
+from .callbacks.checkpoint import LAST, Fault, RunInterrupted, checkpoint_step
+from .config import ConfigError, stack_blockers, to_dict
 from .data.cifar10 import DataError
 from .graph_step import GraphedStep, uses_cuda_graph
 from .lightning import ignore_known_warnings, iteration_in_progress, logger_step
 from .models import build
 from .models.stacked import StackedCifarNet, StackedSGD, stack_states, unstack_state
 from .module import PIXEL_MEAN, TRAIN_SUMS
-from .runs import write_error
+from .runs import RunDir, write_error
 from .schedules import Schedule
 from .train import Run, conclude, precision_for
 
@@ -100,6 +101,30 @@ def stack_groups(plans: List[tuple], limit: int, start_step=lambda name: None) -
 
 def lr_schedule_of(trainer: pl.Trainer) -> LRSchedule:
     return next(cb for cb in trainer.callbacks if isinstance(cb, LRSchedule))
+
+
+def finish_renames(exp_dir: Path, names: List[str], accumulate: int) -> List[str]:
+    """Where a stack was killed between its N renames (StackCheckpointIO.save_checkpoint), some of
+    its runs hold checkpoint K and the others K's file still under its temporary name: complete,
+    since all N are written before the first rename. Those are renamed, so that the stack continues
+    as one, from K (a temporary file no stack-mate's checkpoint vouches for is left alone: the
+    kill may have cut it short). Returns the lines saying what was renamed."""
+    def step(path: Path) -> int | None:
+        try:
+            return checkpoint_step(path, accumulate) if path.exists() else None
+        except ConfigError:
+            return None
+
+    lines = []
+    for name in names:
+        tmp, last = exp_dir / name / "checkpoints" / f".{LAST}.tmp", exp_dir / name / "checkpoints" / LAST
+        k = step(tmp)
+        mates = [m for m in RunDir(exp_dir / name).status().get("stack") or [] if m in names and m != name]
+        if k is not None and (step(last) or 0) < k and any(step(exp_dir / m / "checkpoints" / LAST) == k for m in mates):
+            os.replace(tmp, last)
+            lines.append(f"{name}: its checkpoint of iteration {k}, written with its stack's before a kill, "
+                         f"is now its {LAST}")
+    return lines
 
 
 class StackedModule(pl.LightningModule):
@@ -299,37 +324,39 @@ class StackCheckpointIO(CheckpointIO):
     all renamed; a load reads the runs' files back into the stacked checkpoint. The path Lightning
     passes is not used: the files are the runs'. The N renames are not one atomic step: a kill
     between two of them leaves the runs one checkpoint apart, and each continues from its own
-    (in separate stacks, since a stack starts at one iteration)."""
+    (in separate stacks, since a stack starts at one iteration). `kill:checkpoint:K:RUN` kills
+    there: just before RUN's rename at checkpoint K."""
 
     def __init__(self, module: StackedModule, fault: Fault | None):
         super().__init__()
         self.module, self.fault = module, fault
+        parts = Fault.spec_parts() if fault is not None and fault.signum == signal.SIGKILL else None
+        names = [r.name for r in module.runs]
+        self.kill_before = names.index(parts[3]) if parts and len(parts) == 4 and parts[3] in names else None
 
     def paths(self, i: int) -> tuple[Path, Path]:
         d = self.module.runs[i].checkpoint.dirpath
         return d / f".{LAST}.tmp", d / LAST
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        m = self.module
-        written = []
+        m, step = self.module, checkpoint["global_step"]
+        active = [i for i in range(m.n) if i not in m.failures]
+        i = active[0]
         try:
-            for i in range(m.n):
-                if i in m.failures:
-                    continue
-                tmp, last = self.paths(i)
+            for i in active:
+                tmp = self.paths(i)[0]
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                fault = self.fault
-                if fault is not None and fault.signum is None and (fault.point, fault.step) == ("checkpoint", checkpoint["global_step"]):
-                    tmp.write_bytes(b"partial")  # a disk that fills up mid-write
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-                written.append((tmp, last))
+                if self.fault is not None:
+                    self.fault.fill_disk(step, tmp)
                 torch.save(m.single_checkpoint(checkpoint, i), tmp)
         except OSError as e:
-            for tmp, _ in written + [self.paths(i) for i in range(m.n)]:
-                tmp.unlink(missing_ok=True)  # a full disk: every previous last.ckpt stays, no partial file
-            raise OSError(e.errno, write_error(self.paths(0)[1], e), str(self.paths(0)[1])) from None
-        for tmp, last in written:
-            os.replace(tmp, last)
+            for j in active:
+                self.paths(j)[0].unlink(missing_ok=True)  # a full disk: every previous last.ckpt stays, no partial file
+            raise OSError(e.errno, write_error(self.paths(i)[1], e), str(self.paths(i)[1])) from None
+        for i in active:
+            if i == self.kill_before:
+                self.fault.fire("checkpoint", step)
+            os.replace(*self.paths(i))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         singles = [torch.load(self.paths(i)[1], map_location="cpu", weights_only=True) for i in range(self.module.n)]
@@ -441,7 +468,7 @@ def build_stack(runs: List[Run], callbacks: tuple = ()) -> tuple:
 def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -> List[dict]:
     """Train the runs as one stack (train.execute for each, at once); returns their statuses."""
     module, data, trainer = build_stack(runs, callbacks)
-    statuses = [dict(r.status) for r in runs]
+    statuses = [dict(r.status, stack=[r.name for r in runs]) for r in runs]  # the stack-mates: finish_renames
     for run, status in zip(runs, statuses):
         run.files.write_status(**status)
     t0 = time.time()
@@ -475,7 +502,7 @@ def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -
             status.update(outcome)
             if final is not None:
                 status["final_test_err"] = final[i]
-        status.update(wall_s=wall, stack=[r.name for r in runs])
+        status.update(wall_s=wall)
         conclude(run, status, True, disk_full)
     if disk_full is not None:
         raise disk_full

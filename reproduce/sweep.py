@@ -29,7 +29,7 @@ from .config import RESUME_KEYS, ConfigError, quick_equivalent
 from .models import build
 from .schedules import Schedule
 from .runs import LOCK_FILE, SWEEP_PID_ENV, RunDir, lock_dir, read_status, unlock
-from .stacked import execute_stack, stack_groups, stacking
+from .stacked import execute_stack, finish_renames, stack_groups, stacking
 from .train import build_run, run_one
 
 SWEEP_CONFIG, SWEEP_META = "sweep.yaml", "sweep.json"
@@ -148,8 +148,11 @@ def run_actions(cfg, plans: List[tuple], exp_dir: Path) -> Dict[str, str]:
     """Each run's resume_action, decided for all runs before any trains; a run directory that
     another process holds (an orphaned worker, a second sweep) stops the sweep here."""
     actions = {}
+    names = [plain_name(name, "run name") for name, _ in plans]
+    if cfg.resume and rank_zero_only.rank == 0:
+        for line in finish_renames(exp_dir, names, cfg.trainer.accumulate):
+            print(line, flush=True)
     for name, run_cfg in plans:
-        plain_name(name, "run name")
         if rank_zero_only.rank == 0 and (exp_dir / name).exists():
             unlock(lock_dir(exp_dir / name))
         actions[name] = resume_action(name, run_cfg, exp_dir / name) if cfg.resume else "fresh"

@@ -118,6 +118,12 @@ class Fault:
             return None
         return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]), parts[0].endswith("-sweep"))
 
+    def fill_disk(self, step: int, tmp: Path) -> None:
+        """An `enospc:checkpoint:K` fault at checkpoint `step`: a disk that fills up mid-write of `tmp`."""
+        if self.signum is None and (self.point, self.step) == ("checkpoint", step):
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
     def fire(self, point: str, step: int) -> None:
         if point != self.point or step != self.step or self.signum is None:
             return
@@ -168,10 +174,8 @@ class AtomicCheckpoint(pl.Callback):
         try:
             if trainer.is_global_zero:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
-            fault = self.fault
-            if fault is not None and fault.signum is None and (fault.point, fault.step) == ("checkpoint", trainer.global_step):
-                tmp.write_bytes(b"partial")  # a disk that fills up mid-write
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            if self.fault is not None:
+                self.fault.fill_disk(trainer.global_step, tmp)
             trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
             if trainer.is_global_zero:
                 os.replace(tmp, self.last_path)
