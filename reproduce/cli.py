@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from . import __version__
 from .callbacks.checkpoint import Fault
 from .config import (CONFIG_DIR, ConfigError, _merge, apply_override, check_resume_changes, compose, derive, experiments,
-                     load_yaml, new_config, validate)
+                     load_yaml, new_config, stack_blockers, validate)
 from .data.cifar10 import DataError
 from .data.datamodule import train_size_of
 from .experiments import failed_runs, kind_of, run_experiment
@@ -103,10 +103,16 @@ def dry_run(cfg) -> str:
                      f"lr drops (x{run.schedule.factor}) at iterations {sched.milestone_steps()}"
                      if sched.milestone_steps() else "constant lr"))
         lines.append(text)
-    if stacking(cfg):
+    if stacking(cfg) and not cfg.only:  # as sweep.run_plans decides
         stacks = stack_groups(plans, cfg.trainer.stack_max)
-        lines += ["", f"# stacks (trainer.stack={cfg.trainer.stack}: each trains as one network, stacked.py)"]
+        lines += ["", f"# stacks (trainer.stack={cfg.trainer.stack}: each trains as one network, stacked.py"
+                  + ("; on --resume, runs continuing from checkpoints of different iterations train in separate "
+                     "stacks" if cfg.resume else "") + ")"]
         lines += [f"  {', '.join(name for name, _ in group)}" for group in stacks]
+    elif cfg.trainer.stack != "off":
+        why = ("only= trains the runs it names one by one" if cfg.only else "; ".join(stack_blockers(cfg))
+               or "trainer.stack=auto stacks only on devices where docs/performance.md measured a stack faster")
+        lines += ["", f"# stacks: none ({why})"]
     return "\n".join(lines)
 
 

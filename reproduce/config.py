@@ -470,13 +470,13 @@ def graph_blockers(t) -> List[str]:
 def stack_blockers(cfg) -> List[str]:
     """Why the runs of a sweep with config `cfg` cannot train as stacks (stacked.py), whatever the machine."""
     t, blockers = cfg.trainer, []
-    if any(is_imagenet(m) for m in cfg.models):
-        blockers.append("it stacks the CIFAR nets only")
+    if any(is_imagenet(m) for m in cfg.models) or cfg.data.dataset == "imagefolder":
+        blockers.append("it stacks the CIFAR nets on in-memory data only (data.dataset=cifar10 or synthetic)")
     if t.devices != 1 or t.num_nodes != 1 or t.strategy not in ("auto", "single_device"):
         blockers.append("a stack trains on one device (trainer.devices=1, num_nodes=1, strategy=auto)")
     if str(t.precision) in ("16", "16-mixed", "16-true"):
-        blockers.append(f"trainer.precision={t.precision}: fp16's loss scale would couple the runs (use bf16-mixed "
-                        f"or 32-true)")
+        blockers.append(f"trainer.precision={t.precision}: fp16 needs a loss scale, which would couple the runs "
+                        f"(use bf16-mixed or 32-true)")
     if t.accumulate != 1:
         blockers.append("it needs trainer.accumulate=1")
     if t.compile:

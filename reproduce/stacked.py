@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .callbacks import AtomicCheckpoint, LRSchedule, StopAtLastStep
+from .callbacks.progress import duration
 from .callbacks.checkpoint import LAST, Fault, RunInterrupted, checkpoint_step
 from .config import ConfigError, stack_blockers, to_dict
 from .data.cifar10 import DataError
@@ -53,7 +54,7 @@ from .train import Run, conclude, precision_for
 
 STACK_RUNS = "stack_runs"  # key of a stacked checkpoint (in memory only): each run's LRSchedule state and sums
 # What may differ between the runs of one stack: everything else in their configs is equal
-PER_RUN_KEYS = ("seed", "models", "per_model", "only", "schedule.lr", "schedule.warmup", "schedule.warmup_lr",
+PER_RUN_KEYS = ("seed", "models", "schedule.lr", "schedule.warmup", "schedule.warmup_lr",
                 "schedule.warmup_steps", "schedule.warmup_until_err")
 # Where `trainer.stack=auto` stacks: the devices on which a benchmark in docs/performance.md showed a
 # stack faster than its runs one after another
@@ -99,10 +100,6 @@ def stack_groups(plans: List[tuple], limit: int, start_step=lambda name: None) -
     return stacks
 
 
-def lr_schedule_of(trainer: pl.Trainer) -> LRSchedule:
-    return next(cb for cb in trainer.callbacks if isinstance(cb, LRSchedule))
-
-
 def finish_renames(exp_dir: Path, names: List[str], accumulate: int) -> List[str]:
     """Where a stack was killed between its N renames (StackCheckpointIO.save_checkpoint), some of
     its runs hold checkpoint K and the others K's file still under its temporary name: complete,
@@ -143,11 +140,12 @@ class StackedModule(pl.LightningModule):
         self.model = StackedCifarNet([r.module.model for r in runs])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.schedules = [lr_schedule_of(r.trainer) for r in runs]
+        self.schedules = [next(cb for cb in r.trainer.callbacks if isinstance(cb, LRSchedule)) for r in runs]
         self.loss_sum, self.wrong_sum, self.counts = torch.zeros(self.n), torch.zeros(self.n), [0, 0]
         self.active = torch.ones(self.n, dtype=torch.bool)  # False: failed, frozen
         self.failures: dict = {}  # run index -> (iteration, error)
         self.last_train_err: list = [None] * self.n
+        self.started = None  # (time, iteration) at the start of training
         self.eval_splits = first.eval_splits
         self.eval_acc = torch.nn.ModuleList(torch.nn.ModuleList(MulticlassAccuracy(10, average="micro")
                                                                 for _ in runs) for _ in self.eval_splits)
@@ -245,9 +243,13 @@ class StackedModule(pl.LightningModule):
                 train = f"train/err {self.last_train_err[i]:.2f}  " if self.last_train_err[i] is not None else ""
                 lines.append(f"{self.runs[i].name:>12}  iteration {step:>6}/{self.trainer.max_steps}  {train}"
                              + "  ".join(f"{k} {v:.2f}" for k, v in errs.items()))
+        if self.started is not None and self.started[1] < step < self.trainer.max_steps:
+            pace = (time.monotonic() - self.started[0]) / (step - self.started[1])
+            lines.append(f"stack of {self.n}: about {duration(pace * (self.trainer.max_steps - step))} left")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def on_train_start(self):
+        self.started = (time.monotonic(), self.trainer.global_step)
         self.loss_sum, self.wrong_sum = self.loss_sum.to(self.device), self.wrong_sum.to(self.device)
         self.active = self.active.to(self.device)
 
@@ -314,7 +316,7 @@ class StackedModule(pl.LightningModule):
     def finite(self, i: int) -> bool:
         """Run i's slice of every weight and buffer, and its loss sum, finite (one host sync)."""
         tensors = [t.unflatten(0, (self.n, -1))[i] for t in (*self.parameters(), *self.buffers()) if t.dim() > 0
-                   and t.is_floating_point() and t is not self.active]
+                   and t.is_floating_point()]
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) and bool(self.loss_sum[i].isfinite())
 
 
@@ -394,10 +396,14 @@ class StackedData(pl.LightningDataModule):
         self.mean = None
 
     def setup(self, stage: str | None = None) -> None:
+        first = self.dms[0]
         for dm in self.dms:
             dm.trainer = self.trainer
-            dm.setup(stage)
-        self.mean = self.dms[0].mean
+        first.setup(stage)
+        for dm in self.dms[1:]:  # one data config (stack_key), so one copy of the split for all runs
+            for name in first.split_tensors:
+                setattr(dm, name, getattr(first, name))
+        self.mean = first.mean
 
     @property
     def train_size(self) -> int:
@@ -494,6 +500,7 @@ def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -
             disk_full = e
             outcome["error"] = e.strerror
     wall = round(time.time() - t0, 1)
+    errors = []
     for i, (run, status) in enumerate(zip(runs, statuses)):
         if i in module.failures:
             step, error = module.failures[i]
@@ -503,7 +510,12 @@ def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -
             if final is not None:
                 status["final_test_err"] = final[i]
         status.update(wall_s=wall)
-        conclude(run, status, True, disk_full)
+        try:
+            conclude(run, status, True, disk_full)
+        except Exception as e:  # the other runs are still concluded
+            errors.append(e)
     if disk_full is not None:
         raise disk_full
+    if errors:
+        raise errors[0]
     return statuses

@@ -169,10 +169,12 @@ def run_stack(group: List[tuple], exp_dir: Path, sweep_group_name: str, actions:
     names = [name for name, _ in group]
     locks = [lock_dir(exp_dir / name) for name in names]
     try:
-        say(f"stack of {len(names)}: {', '.join(names)}" + (", continuing from their checkpoints"
-                                                            if actions[names[0]] == "continue" else ""))
         for name in names:
             SWEEP.start(name, actions[name] == "continue")
+        eta = SWEEP.eta()
+        say(f"stack of {len(names)}: {', '.join(names)}"
+            + (", continuing from their checkpoints" if actions[names[0]] == "continue" else "")
+            + (f" (sweep ETA {duration(eta)})" if eta is not None else ""))
         runs = [build_run(run_cfg, exp_dir / name, sweep_group_name, resume=actions[name] == "continue", name=name)
                 for name, run_cfg in group]
         statuses = execute_stack(runs, debug=debug_mode())

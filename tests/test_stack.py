@@ -129,7 +129,8 @@ def test_stack_settings_are_checked_in_one_line():
     assert compose("resnet", "smoke", ["trainer.stack=on"]).trainer.stack == "on"  # not the YAML boolean
     assert compose("resnet", "smoke", ["trainer.stack=off"]).trainer.stack == "off"
     for override, words in (("trainer.accumulate=2", "trainer.accumulate=1"), ("trainer.precision=16-mixed", "fp16"),
-                            ("trainer.parallel=2", "trainer.parallel=1"), ("schedule.on_plateau=true", "on_plateau")):
+                            ("trainer.parallel=2", "trainer.parallel=1"), ("schedule.on_plateau=true", "on_plateau"),
+                            ("data.dataset=imagefolder", "in-memory data")):
         with pytest.raises(ConfigError, match=words):
             compose("resnet", "smoke", ["trainer.stack=on", override])
     with pytest.raises(ConfigError, match="trainer.stack"):
@@ -138,11 +139,13 @@ def test_stack_settings_are_checked_in_one_line():
     assert not stacking(compose("resnet", "smoke", []), cuda_available=False)
 
 
-# Two depths' worth of runs: plain and residual, two seeds, 20 iterations with lr drops at 10 and 15
-# and plain8's warmup ending at 6, in float64
+# Runs of one shape: plain and residual, two seeds, 20 iterations with lr drops at 10 and 15, plain8's
+# warmup ending at 6 and resnet8's at each seed's own crossing of 86% training error, in float64
 F64 = ["resnet", "--smoke", "models=[resnet8,plain8]", "seeds=[0,1]", "schedule.max_steps=20",
        "schedule.milestones=[10,15]", "per_model.plain8.schedule.warmup=constant",
        "per_model.plain8.schedule.warmup_lr=0.01", "per_model.plain8.schedule.warmup_steps=6",
+       "per_model.resnet8.schedule.warmup=constant", "per_model.resnet8.schedule.warmup_lr=0.01",
+       "per_model.resnet8.schedule.warmup_until_err=86",
        "trainer.precision=64-true", "trainer.deterministic=true", "trainer.threads=1", "trainer.eval_every=5",
        "trainer.checkpoint_every=4"]
 RUNS = ["resnet8-seed0", "resnet8-seed1", "plain8-seed0", "plain8-seed1"]
@@ -199,8 +202,11 @@ def test_a_stacked_sweep_is_the_unstacked_sweep_in_float64(stacked, unstacked):
         assert logged == {(r["step"], r["metric"], r["value"]) for r in read_rows(stacked / name / "metrics.csv")}
         classifier = load_classifier(stacked / name / "checkpoints" / "last.ckpt")  # one model alone
         assert classifier.model.residual == name.startswith("resnet")
-    warmup = [r for r in read_rows(stacked / "plain8-seed0" / "metrics.csv") if r["metric"] == "lr"]
-    assert [r["value"] for r in warmup if r["step"] <= 6] == [0.01, 0.01, 0.01] and warmup[3]["value"] == 0.1
+    def lrs(name):
+        return [r["value"] for r in read_rows(stacked / name / "metrics.csv") if r["metric"] == "lr"]
+    assert lrs("plain8-seed0")[:4] == [0.01, 0.01, 0.01, 0.1]  # warmup_steps=6, lr logged every 2
+    # each ResNet's warmup ends at its own crossing of 86% training error: seed 0's at 4, seed 1's never
+    assert lrs("resnet8-seed0")[:3] == [0.01, 0.01, 0.1] and set(lrs("resnet8-seed1")) == {0.01}
     assert (stacked / "results.md").exists() and (stacked / "figure.png").exists()
 
 
@@ -211,8 +217,7 @@ def test_a_diverging_run_fails_alone_and_the_others_train_on(tmp_path):
     assert proc.returncode == 1 and "1 of 2 runs failed (plain8)" in proc.stderr, proc.stderr[-2000:]
     failed, done = (json.loads((tmp_path / "stack" / "resnet" / name / "status.json").read_text())
                     for name in ("plain8", "resnet8"))
-    assert failed["status"] == "failed" and "non-finite" in failed["error"] + failed.get("traceback", "") \
-        or "became" in failed["error"], failed
+    assert failed["status"] == "failed" and "became" in failed["error"], failed
     assert failed["step"] < 8 and done["status"] == "done" and done["step"] == 8
     assert not (tmp_path / "stack" / "resnet" / "plain8" / "checkpoints" / "last.ckpt").exists() \
         or ckpt(tmp_path / "stack" / "resnet" / "plain8")["global_step"] < failed["step"]  # its last finite one

@@ -131,6 +131,7 @@ class ArrayDataModule(pl.LightningDataModule):
 
     num_classes = 10
     eval_splits = ("val", "test")  # the order of val_dataloader()'s loaders
+    split_tensors = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "full_test_x", "full_test_y", "mean")
 
     def __init__(self, data_cfg, schedule: Schedule, seed: int, accumulate: int = 1, arrays=None):
         super().__init__()
@@ -165,10 +166,8 @@ class ArrayDataModule(pl.LightningDataModule):
         # Pixels are scaled to [0, 1] first; BN after the first conv makes the scale immaterial.
         self.mean = self.train_x.double().mean(0).float() / 255
         device = self._device()
-        if self.cfg.on_device:
-            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "full_test_x", "full_test_y"):
-                setattr(self, name, getattr(self, name).to(device))
-        self.mean = self.mean.to(device)
+        for name in self.split_tensors if self.cfg.on_device else ("mean",):
+            setattr(self, name, getattr(self, name).to(device))
 
     @property
     def train_size(self) -> int:

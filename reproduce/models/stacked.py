@@ -139,6 +139,10 @@ class StackedSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # Lightning's: its on_before_optimizer_step hook and gradient clipping
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -158,3 +162,4 @@ class StackedSGD(torch.optim.Optimizer):
                     torch._foreach_add_(bufs, grads)
                 grads = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
             torch._foreach_addcmul_(params, grads, self._lrs(group["lr"], params), value=-1)
+        return loss
