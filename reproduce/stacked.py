@@ -20,15 +20,12 @@ per layer for all runs, the step's host work paid once), and each of its runs st
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import signal
 import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
 from typing import List
 
@@ -40,17 +37,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .callbacks import AtomicCheckpoint, LRSchedule, StopAtLastStep
 from .callbacks.progress import duration
-from .callbacks.checkpoint import LAST, Fault, RunInterrupted, checkpoint_step
+from .callbacks.checkpoint import LAST, Fault, checkpoint_step
 from .config import ConfigError, stack_blockers, to_dict
-from .data.cifar10 import DataError
 from .graph_step import GraphedStep, uses_cuda_graph
-from .lightning import ignore_known_warnings, iteration_in_progress, logger_step
+from .lightning import iteration_in_progress, logger_step
 from .models import build
 from .models.stacked import StackedCifarNet, StackedSGD, stack_states, unstack_state
 from .module import PIXEL_MEAN, TRAIN_SUMS
 from .runs import RunDir, write_error
 from .schedules import Schedule
-from .train import Run, conclude, precision_for
+from .train import Run, conclude, fit, precision_for
 
 STACK_RUNS = "stack_runs"  # key of a stacked checkpoint (in memory only): each run's LRSchedule state and sums
 # What may differ between the runs of one stack: everything else in their configs is equal
@@ -147,10 +143,13 @@ class StackedModule(pl.LightningModule):
         self.last_train_err: list = [None] * self.n
         self.started = None  # (time, iteration) at the start of training
         self.eval_splits = first.eval_splits
-        self.eval_acc = torch.nn.ModuleList(torch.nn.ModuleList(MulticlassAccuracy(10, average="micro")
+        self.eval_acc = torch.nn.ModuleList(torch.nn.ModuleList(MulticlassAccuracy(runs[0].datamodule.num_classes, average="micro")
                                                                 for _ in runs) for _ in self.eval_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, N, classes] of each run's images [B, N, 3, H, W], or of one batch [B, 3, H, W] for all."""
+        if x.dim() == 4:
+            x = x.unsqueeze(1).expand(-1, self.n, -1, -1, -1)
         x = x.flatten(1, 2)  # [B, N, 3, H, W] -> [B, N*3, H, W]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -226,7 +225,7 @@ class StackedModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        logits = self(x.unsqueeze(1).expand(-1, self.n, -1, -1, -1))
+        logits = self(x)
         for i, metric in enumerate(self.eval_acc[dataloader_idx]):
             metric.update(logits[:, i], y)
 
@@ -422,10 +421,7 @@ class StackedData(pl.LightningDataModule):
         return self.dms[0].normalize(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            return batch
-        x, y = batch
-        return self.normalize(x), y
+        return self.dms[0].on_after_batch_transfer(batch, dataloader_idx)
 
 
 class StackedBatches:
@@ -438,18 +434,6 @@ class StackedBatches:
     def __iter__(self):
         for parts in zip(*self.loaders):
             yield torch.stack([x for x, _ in parts], 1), torch.stack([y for _, y in parts], 1)
-
-
-def evaluate_stack(module: StackedModule, batches, normalize) -> List[float]:
-    """Each run's top-1 error (%) over all batches (the final full test set)."""
-    module.eval()
-    wrong, total = torch.zeros(module.n, device=module.device), 0
-    with torch.no_grad():
-        for x, y in batches:
-            x, y = normalize(x.to(module.device)), y.to(module.device)
-            wrong += module(x.unsqueeze(1).expand(-1, module.n, -1, -1, -1)).argmax(2).ne(y[:, None]).sum(0)
-            total += len(y)
-    return [float(w) * 100 / max(total, 1) for w in wrong.tolist()]
 
 
 def build_stack(runs: List[Run], callbacks: tuple = ()) -> tuple:
@@ -478,27 +462,8 @@ def execute_stack(runs: List[Run], debug: bool = False, callbacks: tuple = ()) -
     for run, status in zip(runs, statuses):
         run.files.write_status(**status)
     t0 = time.time()
-    disk_full, outcome = None, {"status": "done"}
-    try:
-        with warnings.catch_warnings():
-            ignore_known_warnings()
-            trainer.fit(module, datamodule=data, ckpt_path=str(runs[0].resume_from) if runs[0].resume_from else None)
-        with trainer.precision_plugin.forward_context():
-            final = evaluate_stack(module, data.test_dataloader(), data.normalize)
-        outcome.update(step=trainer.global_step)
-    except RunInterrupted as e:
-        outcome, final = {"status": "interrupted", "step": e.step, "error": str(e)}, None
-    except DataError:
-        raise
-    except Exception as e:
-        outcome = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                   "step": trainer.global_step, "traceback": traceback.format_exc()}
-        final = None
-        if debug:
-            raise
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            disk_full = e
-            outcome["error"] = e.strerror
+    outcome, disk_full = fit(trainer, module, data, runs[0].resume_from, debug)
+    final = outcome.pop("final_test_err", None)
     wall = round(time.time() - t0, 1)
     errors = []
     for i, (run, status) in enumerate(zip(runs, statuses)):

@@ -62,16 +62,18 @@ def compile_mode_for(requested: str, accelerator: str) -> str:
     return "reduce-overhead" if on_gpu else "default"
 
 
-def evaluate(module: ClassifierModule, batches, normalize) -> float:
-    """Top-1 error (%) over all batches, without gradients (the final full test set)."""
+def evaluate(module: pl.LightningModule, batches, normalize):
+    """Top-1 error (%) over all batches, without gradients (the final full test set): a float for
+    one net ([B, classes] logits), a list of each run's for a stack ([B, N, classes])."""
     module.eval()
-    wrong = total = 0
+    wrong, total = 0, 0
     with torch.no_grad():
         for x, y in batches:
             x, y = normalize(x.to(module.device)), y.to(module.device)
-            wrong += (module(x).argmax(1) != y).sum()
+            predicted = module(x).argmax(-1)
+            wrong = wrong + predicted.ne(y.view(-1, *[1] * (predicted.dim() - 1))).sum(0)
             total += len(y)
-    return float(wrong) * 100 / max(total, 1)
+    return (torch.as_tensor(wrong).double() * 100 / max(total, 1)).tolist()
 
 
 def model_options(cfg, model_name: str) -> dict:
@@ -184,38 +186,46 @@ def execute(run: Run, debug: bool = False) -> dict:
     """Train a built run to its last step (or from its checkpoint), evaluate the whole test set,
     and write status.json; returns the status. A failure is recorded, not raised (the sweep goes on
     with the other runs), except bad data, which every run would hit; with `debug` it is raised."""
-    trainer, module, dm, files, status = run.trainer, run.module, run.datamodule, run.files, dict(run.status)
+    trainer, files, status = run.trainer, run.files, dict(run.status)
     if trainer.is_global_zero:
         files.write_status(**status)
     t0 = time.time()
-    disk_full = None  # a full disk stops the sweep (every run would hit it) once the status is written
-    try:
-        with warnings.catch_warnings():
-            ignore_known_warnings()
-            trainer.fit(module, datamodule=dm, ckpt_path=str(run.resume_from) if run.resume_from else None)
-        status.update(status="done", step=trainer.global_step)
-        if trainer.is_global_zero:  # the whole test set, once, on rank 0
-            with trainer.precision_plugin.forward_context():  # the precision of the periodic evaluations
-                status["final_test_err"] = evaluate(module, dm.test_dataloader(), dm.normalize)
-    except RunInterrupted as e:
-        status.update(status="interrupted", step=e.step, error=str(e))
-    except NonFiniteLoss as e:
-        status.update(status="failed", error=str(e), step=trainer.global_step)
-    except DataError:
-        raise  # the data is wrong for every run: stop the sweep with one line
-    except Exception as e:
-        status.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                      step=trainer.global_step, traceback=traceback.format_exc())
-        if debug:
-            raise
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            disk_full = e
-            status["error"] = e.strerror
-    status["wall_s"] = round(time.time() - t0, 1)
+    outcome, disk_full = fit(trainer, run.module, run.datamodule, run.resume_from, debug)
+    status.update(outcome, wall_s=round(time.time() - t0, 1))
     conclude(run, status, trainer.is_global_zero, disk_full)
     if disk_full is not None:
         raise disk_full
     return status
+
+
+def fit(trainer: pl.Trainer, module, dm, resume_from: Path | None, debug: bool) -> tuple[dict, OSError | None]:
+    """`trainer.fit`, then the whole test set once on rank 0. Returns the outcome for status.json
+    (status, step, final_test_err or the error) and, for a full disk, the error to raise once the
+    statuses are written: the sweep stops there, since every run would hit it."""
+    disk_full = None
+    try:
+        with warnings.catch_warnings():
+            ignore_known_warnings()
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+        outcome = {"status": "done", "step": trainer.global_step}
+        if trainer.is_global_zero:
+            with trainer.precision_plugin.forward_context():  # the precision of the periodic evaluations
+                outcome["final_test_err"] = evaluate(module, dm.test_dataloader(), dm.normalize)
+    except RunInterrupted as e:
+        outcome = {"status": "interrupted", "step": e.step, "error": str(e)}
+    except NonFiniteLoss as e:
+        outcome = {"status": "failed", "error": str(e), "step": trainer.global_step}
+    except DataError:
+        raise  # the data is wrong for every run: stop the sweep with one line
+    except Exception as e:
+        outcome = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   "step": trainer.global_step, "traceback": traceback.format_exc()}
+        if debug:
+            raise
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            disk_full = e
+            outcome["error"] = e.strerror
+    return outcome, disk_full
 
 
 def conclude(run: Run, status: dict, global_zero: bool = True, disk_full: OSError | None = None) -> None:
