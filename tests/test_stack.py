@@ -207,7 +207,8 @@ def test_a_stacked_sweep_is_the_unstacked_sweep_in_float64(stacked, unstacked):
     assert lrs("plain8-seed0")[:4] == [0.01, 0.01, 0.01, 0.1]  # warmup_steps=6, lr logged every 2
     # each ResNet's warmup ends at its own crossing of 86% training error: seed 0's at 4, seed 1's never
     assert lrs("resnet8-seed0")[:3] == [0.01, 0.01, 0.1] and set(lrs("resnet8-seed1")) == {0.01}
-    assert (stacked / "results.md").exists() and (stacked / "figure.png").exists()
+    assert (stacked / "results.md").read_text() == (unstacked / "results.md").read_text()
+    assert (stacked / "figure.png").exists()
 
 
 def test_a_diverging_run_fails_alone_and_the_others_train_on(tmp_path):
