@@ -20,6 +20,7 @@ per layer for all runs, the step's host work paid once), and each of its runs st
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -112,7 +113,8 @@ def finish_renames(exp_dir: Path, names: List[str], accumulate: int) -> List[str
     for name in names:
         tmp, last = exp_dir / name / "checkpoints" / f".{LAST}.tmp", exp_dir / name / "checkpoints" / LAST
         k = step(tmp)
-        mates = [m for m in RunDir(exp_dir / name).status().get("stack") or [] if m in names and m != name]
+        mates = RunDir(exp_dir / name).status().get("stack")
+        mates = [m for m in mates if m in names and m != name] if isinstance(mates, list) else []
         if k is not None and (step(last) or 0) < k and any(step(exp_dir / m / "checkpoints" / LAST) == k for m in mates):
             os.replace(tmp, last)
             lines.append(f"{name}: its checkpoint of iteration {k}, written with its stack's before a kill, "
@@ -324,9 +326,9 @@ class StackCheckpointIO(CheckpointIO):
     run's own `last.ckpt` (StackedModule.single_checkpoint), each to a temporary name first, then
     all renamed; a load reads the runs' files back into the stacked checkpoint. The path Lightning
     passes is not used: the files are the runs'. The N renames are not one atomic step: a kill
-    between two of them leaves the runs one checkpoint apart, and each continues from its own
-    (in separate stacks, since a stack starts at one iteration). `kill:checkpoint:K:RUN` kills
-    there: just before RUN's rename at checkpoint K."""
+    between two of them leaves the later runs' files complete under their temporary names, and
+    `--resume` completes the renames (finish_renames). `kill:checkpoint:K:RUN` kills there: just
+    before RUN's rename at checkpoint K."""
 
     def __init__(self, module: StackedModule, fault: Fault | None):
         super().__init__()
@@ -349,7 +351,9 @@ class StackCheckpointIO(CheckpointIO):
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 if self.fault is not None:
                     self.fault.fill_disk(step, tmp)
-                torch.save(m.single_checkpoint(checkpoint, i), tmp)
+                buffer = io.BytesIO()  # written by Python, so that a full disk raises OSError (as Lightning's own save)
+                torch.save(m.single_checkpoint(checkpoint, i), buffer)
+                tmp.write_bytes(buffer.getbuffer())
         except OSError as e:
             for j in active:
                 self.paths(j)[0].unlink(missing_ok=True)  # a full disk: every previous last.ckpt stays, no partial file

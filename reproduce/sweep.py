@@ -169,9 +169,9 @@ def run_stack(group: List[tuple], exp_dir: Path, sweep_group_name: str, actions:
     names = [name for name, _ in group]
     locks = [lock_dir(exp_dir / name) for name in names]
     try:
+        eta = SWEEP.eta()  # before the stack's runs start: each counted whole
         for name in names:
             SWEEP.start(name, actions[name] == "continue")
-        eta = SWEEP.eta()
         say(f"stack of {len(names)}: {', '.join(names)}"
             + (", continuing from their checkpoints" if actions[names[0]] == "continue" else "")
             + (f" (sweep ETA {duration(eta)})" if eta is not None else ""))

@@ -73,7 +73,8 @@ def evaluate(module: pl.LightningModule, batches, normalize):
             predicted = module(x).argmax(-1)
             wrong = wrong + predicted.ne(y.view(-1, *[1] * (predicted.dim() - 1))).sum(0)
             total += len(y)
-    return (torch.as_tensor(wrong).double() * 100 / max(total, 1)).tolist()
+    wrong = torch.as_tensor(wrong).tolist()  # integer counts: the division below is the host's, on every device
+    return [w * 100 / max(total, 1) for w in wrong] if isinstance(wrong, list) else wrong * 100 / max(total, 1)
 
 
 def model_options(cfg, model_name: str) -> dict:

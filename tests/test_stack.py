@@ -7,6 +7,7 @@ sweeps through the CLI with `trainer.precision=64-true`, stacked against unstack
 across the two (smoke, slow).
 """
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,20 @@ def test_unstacked_checkpoints_continue_as_a_stack(tmp_path, unstacked):
     proc = run_cli("resnet", "--resume", tmp_path, "trainer.stack=on", "only=[]", timeout=600)
     assert "stack of 4" in proc.stderr and "continuing from their checkpoints" in proc.stderr
     assert_equivalent(tmp_path / "resnet", unstacked)
+
+
+def test_a_real_full_disk_keeps_every_checkpoint_and_names_the_file(tmp_path):
+    """A stack writes its runs' files itself (StackCheckpointIO): plain8's temporary file is a link to
+    /dev/full, so the write gets the OS's own ENOSPC, not the simulated one."""
+    common = ["resnet", "--smoke", "models=[plain8,resnet8]", "wandb.mode=disabled", "trainer.checkpoint_every=2"]
+    proc = run_cli(*common, "trainer.stack=on", f"out_dir={tmp_path}", env={"REPRODUCE_FAULT": "term:step:5"},
+                   check=False, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    runs = tmp_path / "resnet"
+    before = ckpt(runs / "plain8")["global_step"]
+    (runs / "plain8" / "checkpoints" / ".last.ckpt.tmp").symlink_to("/dev/full")
+    proc = run_cli("resnet", "--resume", tmp_path, check=False, timeout=300)
+    last = runs / "plain8" / "checkpoints" / "last.ckpt"
+    assert proc.returncode != 0 and f"cannot write {last}: No space left on device" in proc.stderr, proc.stderr[-3000:]
+    assert not os.path.lexists(runs / "plain8" / "checkpoints" / ".last.ckpt.tmp")
+    assert ckpt(runs / "plain8")["global_step"] == before  # the previous checkpoint, whole
