@@ -113,9 +113,11 @@ def finish_renames(exp_dir: Path, names: List[str], accumulate: int) -> List[str
     for name in names:
         tmp, last = exp_dir / name / "checkpoints" / f".{LAST}.tmp", exp_dir / name / "checkpoints" / LAST
         k = step(tmp)
+        if k is None or (step(last) or 0) >= k:
+            continue
         mates = RunDir(exp_dir / name).status().get("stack")
         mates = [m for m in mates if m in names and m != name] if isinstance(mates, list) else []
-        if k is not None and (step(last) or 0) < k and any(step(exp_dir / m / "checkpoints" / LAST) == k for m in mates):
+        if any(step(exp_dir / m / "checkpoints" / LAST) == k for m in mates):
             os.replace(tmp, last)
             lines.append(f"{name}: its checkpoint of iteration {k}, written with its stack's before a kill, "
                          f"is now its {LAST}")
@@ -145,7 +147,8 @@ class StackedModule(pl.LightningModule):
         self.last_train_err: list = [None] * self.n
         self.started = None  # (time, iteration) at the start of training
         self.eval_splits = first.eval_splits
-        self.eval_acc = torch.nn.ModuleList(torch.nn.ModuleList(MulticlassAccuracy(runs[0].datamodule.num_classes, average="micro")
+        classes = runs[0].datamodule.num_classes
+        self.eval_acc = torch.nn.ModuleList(torch.nn.ModuleList(MulticlassAccuracy(classes, average="micro")
                                                                 for _ in runs) for _ in self.eval_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,9 +336,9 @@ class StackCheckpointIO(CheckpointIO):
     def __init__(self, module: StackedModule, fault: Fault | None):
         super().__init__()
         self.module, self.fault = module, fault
-        parts = Fault.spec_parts() if fault is not None and fault.signum == signal.SIGKILL else None
         names = [r.name for r in module.runs]
-        self.kill_before = names.index(parts[3]) if parts and len(parts) == 4 and parts[3] in names else None
+        named_kill = fault is not None and fault.signum == signal.SIGKILL and fault.run in names
+        self.kill_before = names.index(fault.run) if named_kill else None
 
     def paths(self, i: int) -> tuple[Path, Path]:
         d = self.module.runs[i].checkpoint.dirpath

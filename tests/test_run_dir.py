@@ -115,7 +115,8 @@ def test_a_directory_that_is_no_sweep_is_never_deleted(tmp_path):
 
 def _wait_stopped(pid: int) -> None:
     """Until the process has stopped itself (SIGSTOP from the fault hook): a state, not a clock."""
-    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+    while (state := Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "T":
+        assert state != "Z", f"process {pid} exited instead of stopping itself"
         time.sleep(0.05)
 
 

@@ -97,6 +97,7 @@ class Fault:
     point: str
     step: int
     to_sweep: bool = False
+    run: Optional[str] = None  # the run the spec names (its 4th field), None for every run
 
     @staticmethod
     def spec_parts() -> Optional[list]:
@@ -116,7 +117,8 @@ class Fault:
         parts = cls.spec_parts()
         if parts is None or (len(parts) == 4 and parts[3] != run_name):
             return None
-        return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]), parts[0].endswith("-sweep"))
+        return cls(FAULT_SIGNALS[parts[0]], parts[1], int(parts[2]), parts[0].endswith("-sweep"),
+                   parts[3] if len(parts) == 4 else None)
 
     def fill_disk(self, step: int, tmp: Path) -> None:
         """An `enospc:checkpoint:K` fault at checkpoint `step`: a disk that fills up mid-write of `tmp`."""
